@@ -1,0 +1,107 @@
+"""The run configuration: what `bench train <config.yaml>` reads and a suite cell resolves to."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from bench.data.spec import DatasetSpec
+from bench.method import ConfigError, validate_model
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class TrainConfig(Strict):
+    """Optimisation and bookkeeping; budgets are in training images (EDM style)."""
+
+    images: int = Field(20_000, gt=0, description="total training images over all stages")
+    batch: int = Field(32, gt=0, description="global batch (all ranks, all accumulation rounds)")
+    accumulate: int = Field(1, ge=1, description="gradient-accumulation rounds per step")
+    optimizer: str = Field("adam", pattern="^(adam|adamw|radam)$")
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_images: int = Field(2_000, ge=0, description="linear LR ramp-up length in images")
+    grad_clip: float | None = Field(None, description="max global grad norm; None = no clipping")
+    ema_halflife_kimg: list[float] = Field(default_factory=lambda: [5.0],
+                                           description="EMA half-lives in kimg; the first is the primary")
+    ema_rampup: float | None = Field(0.05, description="half-life <= rampup * images seen (None = off)")
+    precision: str = Field("auto", pattern="^(auto|fp32|bf16)$", description="auto = bf16 on GPU, fp32 on CPU")
+    checkpoint_images: int = Field(5_000, gt=0, description="write a checkpoint every N images")
+    keep_checkpoints: int = Field(2, ge=1)
+    log_images: int = Field(500, gt=0)
+    workers: int = Field(0, ge=0, description="data-loader worker processes")
+    device: str = "auto"
+    progress: bool = True
+
+    @field_validator("ema_halflife_kimg")
+    @classmethod
+    def _nonempty(cls, v: list[float]) -> list[float]:
+        if not v or any(h <= 0 for h in v):
+            raise ValueError("needs at least one positive half-life")
+        return v
+
+
+class RunConfig(Strict):
+    method: str
+    preset: str | None = None
+    method_config: dict[str, Any] = Field(default_factory=dict, description="overrides of the preset")
+    data: DatasetSpec
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    seed: int = 0
+    stage_images: list[int] | None = Field(
+        None, description="explicit images per stage (matched compute); default: shares x train.images")
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``['train.batch=64', 'method_config.dropout=0.1']`` -> nested dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.batch=64")
+        k, v = item.split("=", 1)
+        set_dotted(out, k.strip().lstrip("-"), yaml.safe_load(v))
+    return out
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                    data: dict[str, Any] | None = None) -> RunConfig:
+    raw: dict[str, Any] = dict(data or {})
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {str(p)!r}: expected a mapping at top level")
+        raw = deep_merge(raw, loaded)
+    if overrides:
+        raw = deep_merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
+    return validate_model(RunConfig, raw)  # type: ignore[return-value]
+
+
+def dump_run_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Datasets, preprocessing, resolution pyramids and the deterministic training stream."""

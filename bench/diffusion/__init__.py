@@ -1,0 +1,1 @@
+"""Shared diffusion math: schedules, preconditioning, parameterizations, samplers, guidance."""
