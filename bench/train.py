@@ -170,7 +170,6 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_after_images: int | None 
                         nxt.enter()
                     method.to(device)
                     ema = EMA(method, t.ema_halflife_kimg, t.ema_rampup)
-                    _save(store, method, ema, None, stage_idx, 0, images, flops, rank)
                 continue
             out = _run_stage(cfg, method, ema, stage, stage_idx, budgets[stage_idx], stage_done, images, flops,
                              state if state and state["stage_idx"] == stage_idx else None,

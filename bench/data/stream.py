@@ -45,7 +45,9 @@ class StreamPositions(Dataset):
         return 1 << 62
 
     def __getitem__(self, position: int) -> dict:
-        item = dict(self.dataset[self.index(position)])
+        idx, ds = self.index(position), self.dataset
+        # Datasets with per-epoch choices (e.g. which caption) expose get(i, epoch).
+        item = dict(ds.get(idx, position // self.n) if hasattr(ds, "get") else ds[idx])
         item["position"] = position
         return item
 
