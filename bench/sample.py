@@ -128,21 +128,37 @@ def save_grid(path: str | Path, images: np.ndarray, max_images: int = 64) -> Pat
     return atomic_write(path, lambda f: pil.save(f, format="PNG"))
 
 
+def captions_for_seeds(cfg: RunConfig, seeds: Sequence[int]) -> tuple[torch.Tensor, list[str]]:
+    """Caption embeddings and texts for text-conditional sampling: image i uses dataset item seed_i mod N."""
+    from bench.data.spec import build_dataset
+
+    ds = build_dataset(cfg.data)
+    items = [ds[int(s) % len(ds)] for s in seeds]
+    if "text" not in items[0]:
+        raise ValueError(f"dataset {cfg.data.kind!r} yields no caption embeddings: set data.text in the run config")
+    return torch.stack([it["text"] for it in items]), [str(it.get("caption", "")) for it in items]
+
+
 def sample_to_npz(run_dir: str | Path, seeds: Sequence[int], out: str | Path, *, batch: int = 64,
                   steps: int | None = None, guidance: float = 1.0, device: str = "auto",
                   grid: bool = True, progress: bool = False) -> Path:
     from bench.train import resolve_device
 
-    method, _ = load_run(run_dir, device=resolve_device(device))
+    method, cfg = load_run(run_dir, device=resolve_device(device))
+    texts, captions = None, None
+    if method.config.conditioning == "text":
+        texts, captions = captions_for_seeds(cfg, seeds)
     imgs, labs, nfe = [], [], 0
-    for _, x, lab, nfe in iter_samples(None, seeds, batch, steps, guidance, method=method, progress=progress):
+    for _, x, lab, nfe in iter_samples(None, seeds, batch, steps, guidance, method=method, texts=texts,
+                                       progress=progress):
         imgs.append(x.numpy())
         if lab is not None:
             labs.append(lab.numpy())
     images = np.concatenate(imgs)
     out = Path(out)
+    extra = {"captions": np.asarray(captions)} if captions is not None else {}
     save_npz(out, images, np.concatenate(labs) if labs else None, seeds, nfe=np.asarray(nfe),
-             guidance=np.asarray(guidance))
+             guidance=np.asarray(guidance), **extra)
     if grid:
         save_grid(out.with_suffix(".png"), images)
     return out

@@ -192,3 +192,35 @@ def test_cli_reports_bad_field_in_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "bench.cli", "train", str(tmp_path / "nope.yaml")], cwd=ROOT,
                        capture_output=True, text=True)
     assert p.returncode == 2 and "nope.yaml" in p.stderr and "does not exist" in p.stderr
+
+
+def test_sample_cli_writes_adm_npz_and_grid(tmp_path):
+    import numpy as np
+
+    cfg = tiny_run_config("edm", "cpu-tiny-cond", images=8, batch=4)
+    train(cfg, tmp_path / "run")
+    out = tmp_path / "s.npz"
+    p = subprocess.run([sys.executable, "-m", "bench.cli", "sample", str(tmp_path / "run"), "--seeds", "3-7",
+                        "--steps", "2", "--batch", "2", "--out", str(out)], cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    d = np.load(out)
+    assert d["arr_0"].shape == (5, 32, 32, 3) and d["arr_0"].dtype == np.uint8
+    assert d["seeds"].tolist() == [3, 4, 5, 6, 7] and d["arr_1"].shape == (5,) and int(d["nfe"]) == 3
+    assert (tmp_path / "s.png").is_file()
+    from bench.sample import labels_for_seeds
+    assert d["arr_1"].tolist() == labels_for_seeds([3, 4, 5, 6, 7], 4).tolist()
+
+
+def test_text_conditional_sampling_uses_dataset_captions(tmp_path):
+    import numpy as np
+
+    from bench.sample import sample_to_npz
+    cfg = tiny_run_config("edm", "cpu-tiny", images=4, batch=4,
+                          overrides={"conditioning": "text", "text_dim": 8})
+    train(cfg, tmp_path / "run")
+    sample_to_npz(tmp_path / "run", [0, 1, 2], tmp_path / "t.npz", steps=2, device="cpu", grid=False)
+    d = np.load(tmp_path / "t.npz")
+    from bench.data.spec import build_dataset
+    ds = build_dataset(cfg.data)
+    assert d["captions"].tolist() == [ds[i]["caption"] for i in (0, 1, 2)]
+    assert d["arr_0"].shape == (3, 32, 32, 3)
