@@ -9,6 +9,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1)   # tiny models: one thread is as fast and never oversubscribes
 
 from conftest_metrics import metric_assets, no_network  # noqa: E402,F401  (shared fixtures)

@@ -51,9 +51,11 @@ def zero_init(module: nn.Module) -> nn.Module:
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
-    groups = 32
+    """32 groups (ADM) for wide layers; at least 4 channels per group for narrow (CPU-tiny) ones: with one
+    channel per group GroupNorm removes each channel's mean and the bias feeding it gets no gradient."""
+    groups = min(32, max(1, channels // 4))
     while channels % groups:
-        groups //= 2
+        groups -= 1
     return nn.GroupNorm(groups, channels, eps=1e-6)
 
 
