@@ -257,6 +257,10 @@ def _run_stage(cfg, method, ema, stage, stage_idx, budget, stage_done, images, f
             bar.update(t.batch)
             bar.set_postfix(stage=stage.name, loss=f"{terms['loss']:.4f}", refresh=False)
         stop = _STOP["requested"] or (stop_after_images is not None and images >= stop_after_images)
+        if world > 1:   # the scheduler signals rank 0 only: agree, so every rank stops at the same step
+            flag = torch.tensor([float(stop)], device=device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
         if rank == 0 and (images >= next_log or stage_done >= budget or stop):
             now = time.perf_counter()
             append_jsonl(run_dir / "log.jsonl", {

@@ -1,0 +1,594 @@
+"""Planning and executing cells: matched-compute planning, the per-cell phases (train → sample shards
+→ evaluate), and the two executors.
+
+- ``local``: every phase in this process, cell after cell; a failed cell is recorded and the next
+  one runs.
+- ``slurm``: per cell a Checkpointable training job (requeued on preemption / time limit, resumed from
+  its last checkpoint, time-sliced to the partition limit), a sampling job array over shards
+  (afterok on training) and an evaluation job (afterok on the array). The driver may exit; state
+  lives in the run folders and the scheduler.
+
+Every phase is idempotent: finished training returns at once, existing shards are skipped, so a
+re-run (or a requeued job) only does what is missing.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bench.compute import (ComputePlan, FlopCache, default_cache_path, fixed_images_plan, measure_sampling_cost,
+                           spend_check, split_budget)
+from bench.method import ConfigError
+from bench.store import RunFolder, environment_record, now
+from bench.suite import Cell, ClusterProfile, sampling_settings, setting_tag, shard_seeds
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MetricsFn = Callable[[dict[str, Any], list[Path]], dict[str, Any]]
+
+
+# ---- planning ----------------------------------------------------------------------------------
+@dataclass
+class PlannedCell:
+    cell: Cell
+    plan: ComputePlan
+    run_dir: Path
+
+    def record(self) -> dict[str, Any]:
+        return {**self.cell.to_dict(), "plan": self.plan.to_dict()}
+
+
+def plan_cells(cells: list[Cell], root: Path, cache: FlopCache | None = None) -> list[PlannedCell]:
+    """Measure FLOPs per training example per stage (cached per architecture) and turn each cell's budget
+    into images per stage. Raises ConfigError (one line) before anything runs."""
+    root = Path(root).resolve()          # jobs may start in another working directory
+    cache = cache or FlopCache(default_cache_path(root))
+    out = []
+    for cell in cells:
+        run = cell.run
+        stages = cache.stages(cell.method, cell.preset, run.get("method_config") or {})
+        batch = int(run["train"]["batch"])
+        total = _budget_flops(cell.budget)
+        label = f"cell {cell.id} ({cell.label})"
+        if total is None:
+            plan = fixed_images_plan(int(cell.budget["images"]), stages, batch)
+        else:
+            plan = split_budget(total, stages, batch, label=label)
+        run["stage_images"] = [s.images for s in plan.stages]
+        run["train"]["images"] = plan.images
+        out.append(PlannedCell(cell, plan, root / cell.id))
+    return out
+
+
+def _budget_flops(budget: dict[str, Any]) -> float | None:
+    if budget.get("flops") is not None:
+        return float(budget["flops"])
+    if budget.get("gpu_hours") is not None:
+        return float(budget["gpu_hours"]) * 3600.0 * float(budget["throughput_flops"])
+    return None
+
+
+def prepare(pc: PlannedCell, suite_name: str) -> RunFolder:
+    """Write cell.yaml and the driver's manifest part (first time, or refreshed on a re-run)."""
+    rf = RunFolder(pc.run_dir)
+    rf.path.mkdir(parents=True, exist_ok=True)
+    rf.write_cell({"suite": suite_name, **pc.record()})
+    rf.record("driver", {"suite": suite_name, "config": pc.record(), "prepared_at": now(), **environment_record()})
+    if not (rf.path / "status").is_file():
+        rf.set_status("pending")
+    return rf
+
+
+def is_finished(rf: RunFolder) -> bool:
+    return rf.status() == "done" and rf.metrics_file.is_file()
+
+
+# ---- phases (run in the driver for `local`, inside jobs for `slurm`) ----------------------------
+def _cell(rf: RunFolder) -> Cell:
+    return Cell.from_dict(rf.read_cell())
+
+
+def train_phase(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train (or resume) the cell; returns bench.train.train's summary."""
+    from bench.train import train
+
+    rf = RunFolder(run_dir)
+    summary = rf.train_summary()
+    if summary.get("done"):
+        return summary
+    cell = _cell(rf)
+    cfg = cell.run_config()
+    cfg.train.progress = progress
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        rf.clear_error()
+        rf.set_status("training")
+        restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+        rf.record("train", {"started_at": now(), "restarts": restarts, **environment_record()})
+    try:
+        result = train(cfg, rf.path)
+    except BaseException as err:
+        if rank == 0 and not isinstance(err, (KeyboardInterrupt, SystemExit)):
+            rf.fail("train", err)
+        raise
+    if rank == 0:
+        rf.record("train", {"ended_at" if result.get("done") else "stopped_at": now(),
+                            "images": result.get("images"), "flops": result.get("flops"),
+                            "done": result.get("done")})
+    return result
+
+
+def sample_phase(run_dir: str | Path, shard: int) -> list[str]:
+    """Generate this shard's seeds for every (steps, guidance) setting; existing shard files are kept."""
+    from bench.sample import sample_to_npz
+
+    rf = RunFolder(run_dir)
+    cell = _cell(rf)
+    s = cell.sampling
+    if shard == 0:
+        rf.set_status("sampling")
+    rf.record(f"sample-{shard}", {"started_at": now(), **environment_record()})
+    outs = []
+    try:
+        for steps, guidance in sampling_settings(s):
+            out = shard_path(rf, steps, guidance, shard, s["shards"])
+            if not out.is_file():
+                sample_to_npz(rf.path, shard_seeds(s, shard), out, batch=s["batch"], steps=steps,
+                              guidance=guidance, grid=shard == 0)
+            outs.append(str(out))
+    except Exception as err:
+        rf.fail(f"sample-{shard}", err)
+        raise
+    rf.record(f"sample-{shard}", {"ended_at": now()})
+    return outs
+
+
+def shard_path(rf: RunFolder, steps: int | None, guidance: float, shard: int, shards: int) -> Path:
+    return rf.samples / setting_tag(steps, guidance) / f"shard-{shard:04d}-of-{shards:04d}.npz"
+
+
+def evaluate_phase(run_dir: str | Path, metrics_fn: MetricsFn | None = None) -> dict[str, Any]:
+    """Metrics per sampling setting, sampling cost, and the spend check → metrics.json, status done."""
+    from bench.io import atomic_write_json
+    from bench.sample import load_run
+
+    rf = RunFolder(run_dir)
+    cell_d = rf.read_cell()
+    cell = Cell.from_dict(cell_d)
+    rf.set_status("evaluating")
+    rf.record("eval", {"started_at": now(), **environment_record()})
+    try:
+        summary = rf.train_summary()
+        if not summary.get("done"):
+            raise RuntimeError(f"training did not finish (train_summary: {summary or 'missing'})")
+        plan = cell_d.get("plan") or {}
+        budget = float(plan.get("budget_flops") or 0.0)
+        spend = spend_check(budget, float(summary.get("flops") or 0.0), float(cell.budget.get("tolerance", 0.02)))
+        method, _ = load_run(rf.path, device="cpu")
+        metrics_fn = metrics_fn or default_metrics
+        settings = []
+        for steps, guidance in sampling_settings(cell.sampling):
+            shards = [shard_path(rf, steps, guidance, k, cell.sampling["shards"])
+                      for k in range(cell.sampling["shards"])]
+            missing = [str(p) for p in shards if not p.is_file()]
+            if missing:
+                raise FileNotFoundError(f"sample shards missing: {', '.join(missing)}")
+            cost = measure_sampling_cost(method, steps, guidance)
+            try:
+                result = metrics_fn({**cell_d, "_suite_dir": str(rf.path.parent)}, shards)
+                values, note = result.get("metrics", result), None
+            except _unavailable_errors() as err:          # missing weights/reference: say so, keep the cell
+                values, note = {}, f"metrics unavailable: {str(err).splitlines()[0]}"
+                result = {}
+            settings.append({"steps": steps, "guidance": guidance, "tag": setting_tag(steps, guidance),
+                             "n_samples": int(cell.sampling["n"]), **cost, **values,
+                             **({"metrics_note": note} if note else {}),
+                             "metrics_detail": {k: v for k, v in result.items() if k != "metrics"}})
+        record = {"cell": cell.id, "label": cell.label, "train": summary, **spend,
+                  "planned_flops": plan.get("planned_flops"), "params": method.param_count(method.sampling_modules()),
+                  "settings": settings, "evaluated_at": now()}
+        atomic_write_json(rf.metrics_file, record)
+    except Exception as err:
+        rf.fail("eval", err)
+        raise
+    rf.record("eval", {"ended_at": now()})
+    rf.set_status("done")
+    return record
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from bench.metrics.assets import AssetError
+        return (AssetError, ImportError)
+    except ImportError:
+        return (ImportError,)
+
+
+def default_metrics(cell: dict[str, Any], shards: list[Path]) -> dict[str, Any]:
+    """Stream the shards through bench.metrics (weights from the asset folder, reference from the suite)."""
+    from bench.metrics.assets import AssetFolder
+    from bench.metrics.evaluate import EvalSettings, StreamingEvaluator
+    from bench.metrics.reference import read_reference
+    from bench.metrics.sources import iter_npz
+    from bench.method import validate_model
+
+    settings = validate_model(EvalSettings, {**cell.get("metrics_options", {}), "metrics": cell["metrics"]},
+                              prefix="metrics_options.")
+    ref = cell.get("reference")
+    if ref == "auto":
+        from bench.references import ensure_reference
+        ref = str(ensure_reference(cell["_suite_dir"], cell["dataset"], cell["run"]["data"], settings.extractor))
+    if ref is None and any(m != "is" and m != "clip" for m in cell["metrics"]):
+        raise _asset_error(f"dataset {cell['dataset']!r} has no 'reference' statistics file; make one with "
+                           "`bench stats` and set datasets.<name>.reference")
+    evaluator = StreamingEvaluator(settings, AssetFolder(), read_reference(ref) if ref else None)
+    batches = (b for p in shards for b in iter_npz(p, settings.batch))
+    return evaluator.run(batches, progress=False)
+
+
+def _asset_error(msg: str) -> BaseException:
+    try:
+        from bench.metrics.assets import AssetError
+        return AssetError(msg)
+    except ImportError:
+        return ImportError(msg)
+
+
+# ---- local executor ----------------------------------------------------------------------------
+def run_local(planned: list[PlannedCell], suite_name: str, metrics_fn: MetricsFn | None = None,
+              progress: bool = True, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Run cells one after another in this process. Returns cell id -> final status."""
+    out = {}
+    for i, pc in enumerate(planned):
+        rf = prepare(pc, suite_name)
+        head = f"[{i + 1}/{len(planned)}] {pc.cell.id} ({pc.cell.label})"
+        if is_finished(rf):
+            log(f"{head}: done already, skipped")
+            out[pc.cell.id] = "done"
+            continue
+        t0 = time.time()
+        try:
+            result = train_phase(rf.path, progress=progress)
+            if not result.get("done"):
+                raise RuntimeError("training stopped before its budget was spent")
+            for k in range(pc.cell.sampling["shards"]):
+                sample_phase(rf.path, k)
+            evaluate_phase(rf.path, metrics_fn)
+            out[pc.cell.id] = "done"
+            log(f"{head}: done in {time.time() - t0:.1f}s")
+        except Exception as err:  # noqa: BLE001 - one failed cell never stops the others
+            line = rf.error_line() or rf.fail("driver", err)
+            if rf.status() != "failed":
+                rf.fail("driver", err)
+            out[pc.cell.id] = "failed"
+            log(f"{head}: FAILED: {line}")
+    return out
+
+
+# ---- SLURM -------------------------------------------------------------------------------------
+def distributed_env() -> dict[str, str]:
+    """Map the SLURM task layout to torch.distributed's env:// variables (when more than one task)."""
+    ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    if ntasks <= 1:
+        return {}
+    import submitit
+
+    env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return {"RANK": str(env.rank), "WORLD_SIZE": str(env.world_size), "LOCAL_RANK": str(env.local_rank),
+            "MASTER_ADDR": env.master_addr, "MASTER_PORT": str(env.master_port)}
+
+
+def _checkpointable_base() -> type:
+    try:
+        import submitit
+        return submitit.helpers.Checkpointable
+    except ImportError:  # the local executor does not need submitit
+        return object
+
+
+class TrainJob(_checkpointable_base()):  # type: ignore[misc]
+    """Checkpointable SLURM training job.
+
+    Training runs in a worker thread so that submitit's signal handler (main thread) can ask the loop to
+    stop at the next step boundary, wait for its checkpoint, and only then requeue: the requeued job
+    resumes exactly from that checkpoint.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._box: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__()
+
+    def __call__(self, run_dir: str) -> dict[str, Any]:
+        distributed_env()
+        self._box = {}
+
+        def work() -> None:
+            try:
+                self._box["result"] = train_phase(run_dir, progress=False)
+            except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
+                self._box["error"] = err
+
+        self._thread = threading.Thread(target=work, name="train", daemon=True)
+        self._thread.start()
+        while self._thread.is_alive():
+            self._thread.join(0.5)           # short joins: the main thread stays responsive to signals
+        if "error" in self._box:
+            raise self._box["error"]
+        result = self._box["result"]
+        if not result.get("done"):
+            raise RuntimeError(f"training stopped early without a requeue: {result}")
+        return result
+
+    def checkpoint(self, run_dir: str) -> Any:
+        import submitit
+        from bench.train import request_stop
+
+        # train() clears the flag when it starts: repeat the request until the loop has returned
+        while self._thread is not None and self._thread.is_alive():
+            request_stop()
+            self._thread.join(1.0)           # the loop writes its checkpoint at a step boundary, then returns
+        RunFolder(run_dir).record("train", {"requeued_at": now()})
+        return submitit.helpers.DelayedSubmission(TrainJob(), run_dir)
+
+
+class SampleJob(_checkpointable_base()):  # type: ignore[misc]
+    """One sampling shard; requeued on preemption / time limit (finished settings' files are kept)."""
+
+    def __call__(self, run_dir: str, shard: int) -> list[str]:
+        return sample_phase(run_dir, shard)
+
+
+class EvaluateJob(_checkpointable_base()):  # type: ignore[misc]
+    """Evaluation of a cell; requeued on preemption / time limit (it starts over)."""
+
+    def __call__(self, run_dir: str) -> dict[str, Any]:
+        return evaluate_phase(run_dir)
+
+
+@dataclass
+class Submitted:
+    cell_id: str
+    train: str
+    sample: list[str]
+    evaluate: str
+    jobs: list[Any] = field(default_factory=list, repr=False)
+
+
+def submit_cell(pc: PlannedCell, suite_name: str, profile: Any, limits: dict[str, Any]) -> Submitted:
+    """Submit train → sample array → evaluate for one cell, chained with afterok dependencies."""
+    import submitit
+
+    rf = prepare(pc, suite_name)
+    rf.clear_error()
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"
+    folder = rf.jobs_folder(stamp) / "%j"
+    shards = int(pc.cell.sampling["shards"])
+
+    def executor(kind: str, dependency: str | None) -> Any:
+        params = executor_parameters(profile, kind, limits)
+        ex = submitit.AutoExecutor(folder=folder, cluster="slurm",
+                                   slurm_max_num_timeout=params.pop("slurm_max_num_timeout"))
+        params["slurm_setup"] = [f"export PYTHONPATH={REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}",
+                                 *params.get("slurm_setup", [])]
+        extra = dict(params.pop("slurm_additional_parameters", {}))
+        if dependency:
+            extra.update(dependency=dependency, kill_on_invalid_dep="yes")
+        ex.update_parameters(name=f"{suite_name}:{pc.cell.id}:{kind}", slurm_additional_parameters=extra, **params)
+        return ex
+
+    train_job = executor("train", None).submit(TrainJob(), str(rf.path))
+    ex = executor("sample", f"afterok:{train_job.job_id}")
+    sample_jobs = ex.map_array(SampleJob(), [str(rf.path)] * shards, list(range(shards)))
+    array_id = sample_jobs[0].job_id.split("_")[0]
+    eval_job = executor("evaluate", f"afterok:{array_id}").submit(EvaluateJob(), str(rf.path))
+    sub = Submitted(pc.cell.id, train_job.job_id, [j.job_id for j in sample_jobs], eval_job.job_id,
+                    [train_job, *sample_jobs, eval_job])
+    old = rf.read_manifest().get("parts", {}).get("driver", {}).get("jobs", {})
+    history = list(old.get("history", [])) + ([{k: old[k] for k in ("train", "sample", "evaluate", "submitted_at")
+                                                if k in old}] if old.get("train") else [])
+    rf.record("driver", {"jobs": {"train": sub.train, "sample": sub.sample, "evaluate": sub.evaluate,
+                                  "sample_array": array_id, "submitted_at": now(), "folder": str(folder.parent),
+                                  "history": history}})
+    rf.set_status("pending")
+    return sub
+
+
+def run_slurm(planned: list[PlannedCell], suite_name: str, profile: Any,
+              log: Callable[[str], None] = print) -> dict[str, Submitted | str]:
+    """Submit every unfinished cell not already in flight; a failed submission never stops the others."""
+    limits = preflight(profile)
+    out: dict[str, Submitted | str] = {}
+    for pc in planned:
+        rf = RunFolder(pc.run_dir)
+        if rf.cell_file.is_file() and is_finished(rf):
+            out[pc.cell.id] = "done"
+            log(f"{pc.cell.id}: done already, skipped")
+            continue
+        ids = _job_ids(rf)
+        live = live_jobs(ids) if ids else {}
+        if live:
+            out[pc.cell.id] = "in flight"
+            log(f"{pc.cell.id}: in flight ({', '.join(f'{k} {v}' for k, v in live.items())}), not resubmitted")
+            continue
+        try:
+            sub = submit_cell(pc, suite_name, profile, limits)
+            out[pc.cell.id] = sub
+            log(f"{pc.cell.id}: submitted train {sub.train} -> sample {sub.sample[0].split('_')[0]}"
+                f"[{len(sub.sample)}] -> evaluate {sub.evaluate}")
+        except Exception as err:  # noqa: BLE001
+            line = RunFolder(pc.run_dir).fail("submit", _explain_submit_error(err))
+            out[pc.cell.id] = "failed"
+            log(f"{pc.cell.id}: FAILED: {line}")
+    return out
+
+
+def _job_ids(rf: RunFolder) -> list[str]:
+    jobs = rf.read_manifest().get("parts", {}).get("driver", {}).get("jobs", {})
+    ids = [jobs.get("train"), *(jobs.get("sample") or []), jobs.get("evaluate")]
+    return [str(i) for i in ids if i]
+
+
+def _explain_submit_error(err: BaseException) -> str:
+    text = str(err)
+    for line in text.splitlines():
+        if "sbatch: error" in line:
+            return line.strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def wait_slurm(submitted: dict[str, Submitted | str], poll_s: float = 2.0, timeout_s: float | None = None) -> None:
+    """Block until every submitted job has ended (sacct-backed, catches pickle-less failures)."""
+    t0 = time.time()
+    jobs = [j for s in submitted.values() if isinstance(s, Submitted) for j in s.jobs]
+    while True:
+        pending = [j for j in jobs if not j.done(force_check=True)]
+        if not pending:
+            return
+        if timeout_s is not None and time.time() - t0 > timeout_s:
+            raise TimeoutError(f"{len(pending)} jobs still running after {timeout_s:.0f}s")
+        time.sleep(poll_s)
+
+
+# ---- cluster profile checks and scheduler queries ---------------------------------------------
+def _sh(*cmd: str, timeout: float = 30) -> tuple[int, str, str]:
+    try:
+        r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        return 127, "", f"{cmd[0]}: command not found"
+    except subprocess.TimeoutExpired:
+        return 124, "", f"{cmd[0]}: timed out"
+    return r.returncode, r.stdout, r.stderr
+
+
+def slurm_available() -> bool:
+    return shutil.which("sinfo") is not None
+
+
+def parse_slurm_time(text: str) -> int | None:
+    """'infinite' -> None; '3:00' (min:sec) / '1:00:00' / '2-00:00:00' -> minutes (rounded down)."""
+    text = text.strip()
+    if text in ("infinite", "UNLIMITED", "n/a", ""):
+        return None
+    days = 0
+    if "-" in text:
+        d, text = text.split("-", 1)
+        days = int(d)
+    parts = [int(x) for x in text.split(":")]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    h, m, sec = parts[-3:]
+    return days * 1440 + h * 60 + m + sec // 60
+
+
+def preflight(profile: ClusterProfile) -> dict[str, Any]:
+    """Check the profile against the live cluster before anything is submitted (one-line errors).
+
+    Returns the partition's limits: {"max_time_min": int | None, "gres": str}."""
+    if not slurm_available():
+        raise ConfigError(f"cluster profile {profile.name!r}: SLURM is not available on this machine (no `sinfo`); "
+                          "use --executor local, or start the CI cluster with slurm/ci-slurm-up.sh")
+    rc, out, err = _sh("sinfo", "-h", "-o", "%P|%l|%G")
+    if rc != 0:
+        raise ConfigError(f"cluster profile {profile.name!r}: `sinfo` failed: {(err or out).strip()}")
+    parts: dict[str, dict[str, Any]] = {}
+    for line in out.splitlines():
+        name, limit, gres = (line.split("|") + ["", ""])[:3]
+        name = name.rstrip("*")
+        entry = parts.setdefault(name, {"max_time_min": parse_slurm_time(limit), "gres": set()})
+        entry["gres"].add(gres.strip())
+    for kind in ("train", "sample", "evaluate"):
+        part = profile.resources(kind).partition or profile.partition
+        if part not in parts:
+            raise ConfigError(f"cluster profile {profile.name!r}: unknown partition {part!r} ({kind}); "
+                              f"partitions: {', '.join(sorted(parts))}")
+        gpus = profile.resources(kind).gpus_per_node
+        gres = {g for g in parts[part]["gres"] if g and g != "(null)"}
+        if gpus and not any(g.startswith("gpu") for g in gres):
+            raise ConfigError(f"cluster profile {profile.name!r}: {kind} jobs ask for {gpus} GPU(s) per node but "
+                              f"partition {part!r} has no GPUs (sinfo GRES: {', '.join(sorted(parts[part]['gres']))}); "
+                              "set gpus_per_node: 0 or use a GPU partition")
+    return {p: {"max_time_min": v["max_time_min"]} for p, v in parts.items()}
+
+
+def executor_parameters(profile: ClusterProfile, kind: str, limits: dict[str, Any]) -> dict[str, Any]:
+    """submitit AutoExecutor parameters for one job kind; training is time-sliced to the partition limit."""
+    r = profile.resources(kind)
+    part = r.partition or profile.partition
+    limit = (limits.get(part) or {}).get("max_time_min")
+    time_min = r.time_min if limit is None else min(r.time_min, limit)
+    tasks = max(1, r.gpus_per_node) if kind == "train" else 1
+    params: dict[str, Any] = {
+        "timeout_min": int(time_min), "nodes": r.nodes if kind == "train" else 1, "tasks_per_node": tasks,
+        "cpus_per_task": r.cpus_per_task, "mem_gb": r.mem_gb, "slurm_partition": part,
+        # training needs time to checkpoint; sampling / evaluation only need to requeue
+        "slurm_signal_delay_s": profile.signal_delay_s if kind == "train" else min(profile.signal_delay_s, 30), "slurm_max_num_timeout": profile.max_requeues,
+        "slurm_setup": list(profile.setup), "slurm_additional_parameters": dict(profile.extra),
+    }
+    if r.gpus_per_node:
+        params["gpus_per_node"] = r.gpus_per_node
+    if kind == "sample" and profile.array_parallelism:
+        params["slurm_array_parallelism"] = profile.array_parallelism
+    for key, value in (("slurm_account", profile.account), ("slurm_qos", profile.qos),
+                       ("slurm_constraint", profile.constraint)):
+        if value:
+            params[key] = value
+    return params
+
+
+def _base_id(job_id: str) -> str:
+    return job_id.split("_")[0]
+
+
+def scheduler_states(job_ids: list[str]) -> dict[str, dict[str, str]]:
+    """job id -> {"state", "reason"} from squeue (live jobs) and sacct (finished ones)."""
+    if not job_ids or not slurm_available():
+        return {}
+    out: dict[str, dict[str, str]] = {}
+    bases = sorted({_base_id(j) for j in job_ids})
+    rc, text, _ = _sh("squeue", "-h", "-r", "-j", ",".join(bases), "-o", "%i|%T|%r")
+    if rc == 0:
+        for line in text.splitlines():
+            jid, state, reason = (line.split("|") + ["", ""])[:3]
+            out[jid.strip()] = {"state": state.strip(), "reason": reason.strip()}
+    missing = [j for j in job_ids if j not in out]
+    if missing:
+        rc, text, _ = _sh("sacct", "-n", "-P", "-X", "-j", ",".join(bases), "-o", "JobID,State,ExitCode")
+        if rc == 0:
+            for line in text.splitlines():
+                jid, state, code = (line.split("|") + ["", ""])[:3]
+                if jid.strip() in missing:
+                    out[jid.strip()] = {"state": state.strip(), "reason": f"exit {code.strip()}"}
+    return out
+
+
+LIVE_STATES = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED",
+               "REQUEUE_HOLD", "REQUEUE_FED", "SIGNALING", "STAGE_OUT"}
+
+
+def live_jobs(job_ids: list[str]) -> dict[str, str]:
+    return {j: s["state"] for j, s in scheduler_states(job_ids).items() if s["state"].split()[0] in LIVE_STATES}
+
+
+def cancel_jobs(job_ids: list[str]) -> list[str]:
+    live = sorted(live_jobs(job_ids))
+    if live:
+        rc, out, err = _sh("scancel", *sorted({_base_id(j) for j in live}))
+        if rc != 0:
+            raise RuntimeError(f"scancel failed: {(err or out).strip()}")
+    return live
+
+
+__all__ = ["PlannedCell", "plan_cells", "prepare", "train_phase", "sample_phase", "evaluate_phase", "run_local",
+           "TrainJob", "submit_cell", "run_slurm", "wait_slurm", "distributed_env", "preflight", "scheduler_states",
+           "live_jobs", "cancel_jobs", "executor_parameters"]
