@@ -66,34 +66,11 @@ class OuterLevelConfig(BaseModel):
         return 2 ** (len(self.channels) - 1)
 
 
-def _run_unet_layer(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-    if isinstance(layer, nn.ModuleList):
-        for sub in layer:
-            h = sub(h, emb)
-        return h
-    return layer(h, emb)
-
-
 def unet_forward(unet: UNet, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
                  text: torch.Tensor | None = None, inject: torch.Tensor | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``UNet.forward(..., return_features=True)`` with ``inject`` added to the conv_in features
-    (the nesting input of MDM's inner UNet). Returns (output, pre-output features)."""
-    emb = unet.embed(noise_labels, class_labels, text)
-    h = unet.conv_in(x)
-    if inject is not None:
-        h = h + inject
-    skips = [h]
-    for layer in unet.down:
-        h = _run_unet_layer(layer, h, emb)
-        skips.append(h)
-    for layer in unet.mid:
-        h = layer(h, emb)
-    for layer in unet.up:
-        if isinstance(layer, nn.ModuleList):
-            h = torch.cat([h, skips.pop()], dim=1)
-        h = _run_unet_layer(layer, h, emb)
-    return unet.conv_out(F.silu(unet.norm_out(h))), h
+    """(output, pre-output features) of the base UNet with ``inject`` added to its conv_in features."""
+    return unet(x, noise_labels, class_labels, text, return_features=True, inject=inject)
 
 
 def condition_vector(embed: ConditionEmbedding, n: int, class_labels: torch.Tensor | None,

@@ -232,9 +232,13 @@ class UNet(nn.Module):
         return layer(h, emb)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
-                text: torch.Tensor | None = None, return_features: bool = False):
+                text: torch.Tensor | None = None, return_features: bool = False,
+                inject: torch.Tensor | None = None):
+        """``inject`` is added to the conv_in features (how an outer level feeds a nested inner UNet)."""
         emb = self.embed(noise_labels, class_labels, text)
         h = self.conv_in(x)
+        if inject is not None:
+            h = h + inject
         skips = [h]
         for layer in self.down:
             h = self._run(layer, h, emb)
