@@ -14,7 +14,6 @@ preset, out (JSON file for the numbers).
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time

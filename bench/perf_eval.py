@@ -114,7 +114,6 @@ def _in_process(fn, cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_perf_eval(args: argparse.Namespace) -> int:
-    import torch
     from PIL import Image
 
     from bench.data.synthetic import SyntheticShapes

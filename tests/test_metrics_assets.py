@@ -6,7 +6,6 @@ import time
 
 import pytest
 import torch
-from conftest_metrics import metric_assets, no_network  # noqa: F401  (until tests/conftest.py imports them)
 
 from bench.cli import main
 from bench.metrics.assets import AssetError, AssetFolder, inception_spec, spec_from_key, trained_spec

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest_metrics import metric_assets, no_network  # noqa: F401  (until tests/conftest.py imports them)
 
 from bench.cli import main
 from bench.data.synthetic import SyntheticShapes

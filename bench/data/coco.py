@@ -99,7 +99,7 @@ class CocoDataset(ImageDataset):
         else:
             raise ConfigError(f"field 'data.split': COCO split must be one of {', '.join(COCO_SPLITS)}, fid30k "
                               f"(got {split!r})")
-        require_dir(self.image_dir, f"COCO image folder")
+        require_dir(self.image_dir, "COCO image folder")
         self._n = len(self.entries)
 
     def load_array(self, i: int) -> np.ndarray:
