@@ -118,6 +118,9 @@ class Method:
     # Overrides that switch off dropout-like randomness drawn from the global RNG; used by the DDP
     # equivalence test (ranks draw dropout masks for different examples than one process would).
     deterministic_overrides: ClassVar[dict[str, Any]] = {}
+    # False for methods that map an input to an image (a decoder) rather than generate from noise alone:
+    # suites' `method: all` leaves them out of unconditional generation comparisons.
+    generative: ClassVar[bool] = True
 
     def __init__(self, config: MethodConfig):
         if config.conditioning not in self.conditioning:

@@ -236,8 +236,8 @@ def cell_hash(run: dict[str, Any], budget: dict[str, Any], sampling: dict[str, A
 
 
 def _method_names(entry: MethodEntry, registry: dict[str, Any]) -> list[str]:
-    if entry.method == "all":
-        return sorted(registry)
+    if entry.method == "all":       # generators only: decoders (e.g. cdec) need an input to reconstruct
+        return sorted(n for n, cls in registry.items() if getattr(cls, "generative", True))
     get_method_class(entry.method)                 # one-line error for an unknown name
     return [entry.method]
 

@@ -112,12 +112,12 @@ def test_resume_is_bit_exact(name, tmp_path):
     cfg = tiny_run_config(name, preset, images=images, batch=4, checkpoint_images=4)
     straight = train(cfg, tmp_path / "a")
     half = train(cfg, tmp_path / "b", stop_after_images=images // 2)
-    assert not half["done"] and half["images"] == images // 2
+    assert not half["done"] and half["images"] >= images // 2
     resumed = train(cfg, tmp_path / "b")
     assert resumed["done"] and straight["done"]
     sa = torch.load(CheckpointStore(tmp_path / "a" / "ckpt").latest(), weights_only=False)
     sb = torch.load(CheckpointStore(tmp_path / "b" / "ckpt").latest(), weights_only=False)
-    assert sa["images"] == sb["images"] == images
+    assert sa["images"] == sb["images"] == straight["images"] == sum(straight["stage_budgets"])
     assert state_equal(sa["method"], sb["method"]), "resumed weights differ from the uninterrupted run"
     for ea, eb in zip(sa["ema"]["shadows"], sb["ema"]["shadows"]):
         assert state_equal(ea, eb), "resumed EMA differs"

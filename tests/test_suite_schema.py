@@ -59,16 +59,18 @@ def test_grid_zip_seeds_expand_and_ids_are_stable(tmp_path):
     assert expand_suite(load_suite(r))[0].id not in {c.id for c in cells}
 
 
-def test_all_expands_to_every_registered_method(tmp_path):
+def test_all_expands_to_every_registered_generative_method(tmp_path):
     from bench.method import load_all
 
     p = write(tmp_path, methods=[{"method": "all", "preset": "cpu-tiny", "if_missing_preset": "skip"}],
               datasets={"s32": {"kind": "synthetic", "resolution": 32}})
     skipped: list[str] = []
     cells = expand_suite(load_suite(p), skipped)
-    with_preset = {n for n, c in load_all().items() if "cpu-tiny" in c.presets}
+    generators = {n: c for n, c in load_all().items() if c.generative}
+    with_preset = {n for n, c in generators.items() if "cpu-tiny" in c.presets}
     assert {c.method for c in cells} == with_preset
-    assert len(skipped) == len(load_all()) - len(with_preset)
+    assert len(skipped) == len(generators) - len(with_preset)
+    assert "cdec" not in {c.method for c in cells}     # a decoder, not a generator
 
 
 def test_matched_budget_split_and_spend_flag():

@@ -75,8 +75,11 @@ def spec_from_key(key: str) -> AssetSpec:
         return dinov2_spec(rest) if rest else dinov2_spec()
     if kind == "trained" and rest:
         return trained_spec(rest)
-    raise ConfigError(f"asset key {key!r}: expected inception, clip:<model>:<pretrained>, dinov2[:<timm-name>] "
-                      "or trained:<name>")
+    if kind == "sd-vae" and not rest:      # the consistency decoder's latent source
+        from bench.consistency.latents import sd_vae_asset_spec
+        return sd_vae_asset_spec()
+    raise ConfigError(f"asset key {key!r}: expected inception, clip:<model>:<pretrained>, dinov2[:<timm-name>], "
+                      "trained:<name> or sd-vae")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
