@@ -37,6 +37,8 @@ class TrainConfig(Strict):
     log_images: int = Field(500, gt=0)
     workers: int = Field(0, ge=0, description="data-loader worker processes")
     device: str = "auto"
+    threads: int | None = Field(None, ge=1, description="CPU intra-op threads (None: torch's default); "
+                                                         "float results depend on it, so pin it to compare runs")
     progress: bool = True
 
     @field_validator("ema_halflife_kimg")

@@ -122,6 +122,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_after_images: int | None 
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     t = cfg.train
+    if t.threads is not None:
+        torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
     rank, world = init_distributed(device)
     torch.manual_seed(cfg.seed)          # network initialisation (identical on every rank)

@@ -123,6 +123,14 @@ def test_resume_is_bit_exact(name, tmp_path):
         assert state_equal(ea, eb), "resumed EMA differs"
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 _DDP_CHILD = """
 import os, sys, json
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
@@ -145,13 +153,16 @@ def test_ddp_two_ranks_match_one_process(name, tmp_path):
     train(cfg, tmp_path / "one")
     code = _DDP_CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"), cfg=json.dumps(cfg.model_dump(mode="json")),
                              run=str(tmp_path / "two"))
+    port = _free_port()
     procs = []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(29500 + (os.getpid() % 1000) + 7 * METHODS.index(name)))
-        procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True))
-    errs = [p.communicate(timeout=300)[1] for p in procs]
-    assert all(p.returncode == 0 for p in procs), "\n".join(errs)
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        procs.append(subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", code], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), \
+        "\n".join(f"rank {r}: exit {p.returncode}\n{o[-3000:]}" for r, (p, o) in enumerate(zip(procs, outs)))
     s1 = torch.load(CheckpointStore(tmp_path / "one" / "ckpt").latest(), weights_only=False)["method"]
     s2 = torch.load(CheckpointStore(tmp_path / "two" / "ckpt").latest(), weights_only=False)["method"]
     ok, worst = state_close(s1, s2, rtol=1e-4, atol=1e-5)

@@ -27,7 +27,8 @@ def suite_file(tmp_path: Path, methods: list[dict], flops: float = 5.5e9, **over
         "name": "slurmtest", "output": str(tmp_path / "results"),
         "datasets": {"s16": {"kind": "synthetic", "resolution": 16, "options": {"n": 256}}},
         "methods": methods, "seeds": [0], "budget": {"flops": flops},
-        "train": {"batch": 4, "warmup_images": 8, "checkpoint_images": 8, "log_images": 4, "progress": False},
+        "train": {"batch": 4, "warmup_images": 8, "checkpoint_images": 8, "log_images": 4, "progress": False,
+                  "threads": 1},
         "sampling": {"n": 8, "steps": [2], "batch": 4, "shards": 2}, "metrics": ["fid"],
         "executor": "slurm", "cluster": "ci", **over,
     }
@@ -141,7 +142,9 @@ def test_time_limit_requeues_and_finishes(tmp_path):
     from bench.suite import load_profile
 
     prof = load_profile("ci").model_copy(update={"partition": "short", "signal_delay_s": 150, "name": "ci-short"})
-    path = suite_file(tmp_path, [EDM16], flops=3.0e10)
+    # ~1,800 images (~40 s on an idle core): the first USR2 (due 30 s after start, Slurm may send it up to
+    # 60 s early) always lands while training is still running.
+    path = suite_file(tmp_path, [EDM16], flops=8.0e11)
     suite, planned = planned_cells(path)
     submitted = run_slurm(planned, suite.name, prof)
     sub = submitted[planned[0].cell.id]
