@@ -118,6 +118,20 @@ def build_optimizer(method: Method, stage: Stage, cfg: RunConfig) -> tuple[torch
     return opt, params
 
 
+def check_conditioning(method: Method, dataset: Any, cfg: RunConfig) -> None:
+    """The method's conditioning must match what the data carries (one clear line otherwise)."""
+    from bench.method import ConfigError
+
+    mc, dc = method.config, int(getattr(dataset, "num_classes", 0) or 0)
+    if mc.num_classes and mc.num_classes != dc:
+        raise ConfigError(f"method {cfg.method!r} is configured for {mc.num_classes} classes "
+                          f"(method_config.num_classes) but dataset {cfg.data.kind!r} has {dc}")
+    if mc.conditioning == "text" and cfg.data.text is None and not getattr(dataset, "text_dim", 0) \
+            and "text" not in dataset[0]:
+        raise ConfigError(f"method {cfg.method!r} is text-conditional but dataset {cfg.data.kind!r} carries no "
+                          "caption embeddings (set data.text)")
+
+
 def train(cfg: RunConfig, run_dir: str | Path, *, stop_after_images: int | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +143,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_after_images: int | None 
     torch.manual_seed(cfg.seed)          # network initialisation (identical on every rank)
     method = build_method(cfg.method, cfg.preset, cfg.method_config).to(device)
     dataset = build_dataset(cfg.data)
+    check_conditioning(method, dataset, cfg)
     stages = method.stages()
     budgets = stage_budgets(cfg, stages)
     store = CheckpointStore(run_dir / "ckpt", keep=t.keep_checkpoints)

@@ -224,3 +224,10 @@ def test_text_conditional_sampling_uses_dataset_captions(tmp_path):
     ds = build_dataset(cfg.data)
     assert d["captions"].tolist() == [ds[i]["caption"] for i in (0, 1, 2)]
     assert d["arr_0"].shape == (3, 32, 32, 3)
+
+
+def test_class_count_mismatch_is_one_clear_line(tmp_path):
+    cfg = tiny_run_config("edm", "cpu-tiny-cond", images=4, batch=4)      # 4 classes
+    cfg.data.options = {**cfg.data.options, "num_classes": 7}
+    with pytest.raises(ConfigError, match="configured for 4 classes .* dataset 'synthetic' has 7"):
+        train(cfg, tmp_path)
