@@ -99,6 +99,15 @@ class Condition:
     labels: torch.Tensor | None = None
     text: torch.Tensor | None = None
 
+    def null(self) -> "Condition":
+        """The unconditional counterpart for classifier-free guidance: labels -1 (null class), zero text."""
+        return Condition(None if self.labels is None else torch.full_like(self.labels, -1),
+                         None if self.text is None else torch.zeros_like(self.text))
+
+    @property
+    def empty(self) -> bool:
+        return self.labels is None and self.text is None
+
     def select(self, idx: slice) -> "Condition":
         return Condition(None if self.labels is None else self.labels[idx],
                          None if self.text is None else self.text[idx])

@@ -68,10 +68,8 @@ def drop_condition(labels: torch.Tensor | None, text: torch.Tensor | None, p: fl
     return labels, text
 
 
-def null_condition(cond: Condition, n: int) -> Condition:
-    labels = None if cond.labels is None else torch.full_like(cond.labels, -1)
-    text = None if cond.text is None else torch.zeros_like(cond.text)
-    return Condition(labels, text)
+def null_condition(cond: Condition, n: int = 0) -> Condition:
+    return cond.null()
 
 
 @register

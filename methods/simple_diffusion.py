@@ -38,15 +38,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from bench.diffusion.guidance import guided
-from bench.diffusion.param import eps_from_v, x_from_v
+from bench.diffusion.guidance import v_prediction_x_fn
+from bench.diffusion.param import eps_from_v
 from bench.diffusion.rng import StackedRandom
 from bench.diffusion.samplers import vp_ancestral_sampler
 from bench.diffusion.schedules import (alpha_sigma_from_logsnr, logsnr_cosine, logsnr_cosine_interpolated,
                                        logsnr_cosine_shifted)
 from bench.method import Batch, Condition, ConfigError, Method, MethodConfig, Stage, register, validate_model
 from bench.nets.uvit import UViT, UViTConfig
-from methods.edm import drop_condition, null_condition
+from methods.edm import drop_condition
 
 SCHEDULES = ("cosine", "shifted", "interpolated")
 
@@ -253,17 +253,7 @@ class SimpleDiffusion(Method):
 
     def predict_x_fn(self, cond: Condition | None, guidance: float):
         """x̂(z, λ) = α z − σ v̂, with CFG on v̂ when guided (one batched call, 2 NFE)."""
-        cond = cond or Condition()
-        has_cond = cond.labels is not None or cond.text is not None
-        unc = null_condition(cond, 0)
-
-        def predict(z: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, int]:
-            lam_b = lam.reshape(1).expand(z.shape[0])
-            w = guidance if has_cond else 1.0
-            v, nfe = guided(self.model, z, (lam_b, cond.labels, cond.text), (lam_b, unc.labels, unc.text), w)
-            alpha, sigma = alpha_sigma_from_logsnr(lam.double())
-            return x_from_v(z.double(), v.double(), alpha, sigma), nfe
-        return predict
+        return v_prediction_x_fn(self.model, cond, guidance)
 
     @torch.no_grad()
     def sample(self, rng: StackedRandom, cond: Condition | None = None, steps: int | None = None,

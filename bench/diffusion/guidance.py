@@ -94,3 +94,23 @@ def guided(fn: Callable[..., Out], x: torch.Tensor | Sequence[torch.Tensor], con
         args = [_cat(a, b, n, f"argument {i}") for i, (a, b) in enumerate(zip(cond_args, uncond_args))]
     cond, uncond = _split(_call(fn, xx, args))
     return cfg_combine(uncond, cond, w), 2
+
+
+def v_prediction_x_fn(v_model: Callable, cond, guidance: float) -> Callable:
+    """``predict(z, λ) -> (x̂, nfe)`` for a v-prediction network ``v_model(z, λ_batch, labels, text)``:
+    x̂ = α z − σ v̂ (float64), with classifier-free guidance on v̂ in one batched call (2 NFE) when ``cond``
+    carries a condition and ``guidance`` != 1. ``cond`` is a bench.method.Condition (or None)."""
+    from bench.diffusion.param import x_from_v
+    from bench.diffusion.schedules import alpha_sigma_from_logsnr
+    from bench.method import Condition
+
+    cond = cond or Condition()
+    unc = cond.null()
+    w = 1.0 if cond.empty else guidance
+
+    def predict(z: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, int]:
+        lam_b = lam.reshape(1).expand(z.shape[0])
+        v, nfe = guided(v_model, z, (lam_b, cond.labels, cond.text), (lam_b, unc.labels, unc.text), w)
+        alpha, sigma = alpha_sigma_from_logsnr(lam.double())
+        return x_from_v(z.double(), v.double(), alpha, sigma), nfe
+    return predict
