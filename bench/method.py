@@ -285,8 +285,9 @@ def validate_model(model: type[BaseModel], data: dict[str, Any], prefix: str = "
         raise ConfigError(format_validation_error(err, prefix)) from None
 
 
-def build_method(name: str, preset: str | None = None, overrides: dict[str, Any] | None = None) -> Method:
-    """Instantiate a registered method from a preset plus field overrides."""
+def resolve_method_config(name: str, preset: str | None = None, overrides: dict[str, Any] | None = None,
+                          prefix: str = "method.") -> MethodConfig:
+    """A method's validated Config: its preset plus field overrides (one-line errors)."""
     cls = get_method_class(name)
     data: dict[str, Any] = {}
     if preset is not None:
@@ -295,8 +296,12 @@ def build_method(name: str, preset: str | None = None, overrides: dict[str, Any]
                               f"presets: {', '.join(cls.presets)}")
         data.update(cls.presets[preset])
     data.update(overrides or {})
-    cfg = validate_model(cls.Config, data, prefix="method.")
-    return cls(cfg)
+    return validate_model(cls.Config, data, prefix=prefix)  # type: ignore[return-value]
+
+
+def build_method(name: str, preset: str | None = None, overrides: dict[str, Any] | None = None) -> Method:
+    """Instantiate a registered method from a preset plus field overrides."""
+    return get_method_class(name)(resolve_method_config(name, preset, overrides))
 
 
 def method_summary(cls: type[Method], preset: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bench.config import RunConfig, deep_merge, parse_overrides, set_dotted
-from bench.method import ConfigError, get_method_class, load_all, validate_model
+from bench.method import ConfigError, get_method_class, load_all, resolve_method_config, validate_model
 
 # train.* fields that change how a run is executed, not what it computes: not part of the cell id.
 EXECUTION_ONLY = ("progress", "workers", "device")
@@ -243,16 +243,8 @@ def _method_names(entry: MethodEntry, registry: dict[str, Any]) -> list[str]:
 
 
 def _validate_method_config(name: str, preset: str | None, overrides: dict[str, Any], where: str) -> Any:
-    cls = get_method_class(name)
-    data: dict[str, Any] = {}
-    if preset is not None:
-        if preset not in cls.presets:
-            raise ConfigError(f"{where}: unknown preset {preset!r} for method {name!r}; "
-                              f"presets: {', '.join(cls.presets)}")
-        data.update(cls.presets[preset])
-    data.update(overrides)
     try:
-        return validate_model(cls.Config, data, prefix="method_config.")
+        return resolve_method_config(name, preset, overrides, prefix="method_config.")
     except ConfigError as err:
         raise ConfigError(f"{where} ({name}): {err}") from None
 

@@ -52,10 +52,10 @@ from bench.consistency.cm import (METRICS, boundary_denoise, check_index_list, c
                                   cm_time_input, ict_num_scales, ict_weights, karras_grid, lognormal_index_probs,
                                   multistep_sample, parse_index_list, rng_restore, rng_snapshot, sample_from_probs,
                                   spaced_indices, teacher_ode_step)
-from bench.diffusion.edm import edm_loss_weight, edm_precond, lognormal_sigma
+from bench.diffusion.edm import edm_precond
 from bench.diffusion.rng import StackedRandom
 from bench.method import Batch, Condition, ConfigError, Method, MethodConfig, Stage, register
-from methods.edm import EDMDenoiser, drop_condition
+from methods.edm import EDMDenoiser, edm_loss
 
 
 class CMConfig(MethodConfig):
@@ -248,14 +248,8 @@ class _Consistency(Method):
         return self.consistency_loss(batch)
 
     def _teacher_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
-        """EDM's loss on the teacher: ln σ ~ N(P_mean, P_std²), λ(σ)‖D(y + σn; σ) − y‖²."""
-        cfg, y, rng = self.config, batch.top(), batch.rng
-        labels, text = drop_condition(batch.labels, batch.text, cfg.label_dropout, rng)
-        sigma = lognormal_sigma(rng.randn((y.shape[0],)), cfg.P_mean, cfg.P_std).to(y.device)
-        noise = rng.randn(y.shape).to(y.device) * sigma.reshape(-1, 1, 1, 1)
-        D = self.teacher(y + noise, sigma, labels, text)
-        weight = edm_loss_weight(sigma, cfg.sigma_data).reshape(-1, 1, 1, 1)
-        return (weight * (D - y) ** 2).mean(dim=(1, 2, 3)).mean(), {"sigma_mean": float(sigma.mean())}
+        """EDM's loss on the teacher (methods.edm.edm_loss)."""
+        return edm_loss(self.teacher, batch, self.config)
 
     def consistency_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -72,6 +72,18 @@ def null_condition(cond: Condition, n: int = 0) -> Condition:
     return cond.null()
 
 
+def edm_loss(denoiser: torch.nn.Module, batch: Batch, cfg: EDMConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    """EDM's loss: ln σ ~ N(P_mean, P_std²), λ(σ)·‖D(y + σn; σ) − y‖² (per-element mean), label dropout."""
+    y, rng = batch.top(), batch.rng
+    labels, text = drop_condition(batch.labels, batch.text, cfg.label_dropout, rng)
+    sigma = lognormal_sigma(rng.randn((y.shape[0],)), cfg.P_mean, cfg.P_std).to(y.device)
+    noise = rng.randn(y.shape).to(y.device) * sigma.reshape(-1, 1, 1, 1)
+    D = denoiser(y + noise, sigma, labels, text)
+    weight = edm_loss_weight(sigma, cfg.sigma_data).reshape(-1, 1, 1, 1)
+    per_example = (weight * (D - y) ** 2).mean(dim=(1, 2, 3))
+    return per_example.mean(), {"sigma_mean": float(sigma.mean())}
+
+
 @register
 class EDM(Method):
     name = "edm"
@@ -110,14 +122,7 @@ class EDM(Method):
         return [Stage("main", 1.0, (self.config.resolution,))]
 
     def loss(self, batch: Batch, stage: Stage) -> tuple[torch.Tensor, dict[str, float]]:
-        cfg, y, rng = self.config, batch.top(), batch.rng
-        labels, text = drop_condition(batch.labels, batch.text, cfg.label_dropout, rng)
-        sigma = lognormal_sigma(rng.randn((y.shape[0],)), cfg.P_mean, cfg.P_std).to(y.device)
-        noise = rng.randn(y.shape).to(y.device) * sigma.reshape(-1, 1, 1, 1)
-        D = self.denoiser(y + noise, sigma, labels, text)
-        weight = edm_loss_weight(sigma, cfg.sigma_data).reshape(-1, 1, 1, 1)
-        per_example = (weight * (D - y) ** 2).mean(dim=(1, 2, 3))
-        return per_example.mean(), {"sigma_mean": float(sigma.mean())}
+        return edm_loss(self.denoiser, batch, self.config)
 
     def default_steps(self) -> int:
         return self.config.steps
