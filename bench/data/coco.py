@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.data.base import ImageDataset, require_dir
 from bench.data.preprocess import load_rgb
-from bench.data.spec import DatasetSpec, reader
+from bench.data.spec import DatasetSpec, check_options, reader
 from bench.method import ConfigError
 
 COCO_SPLITS = ("train2014", "val2014", "train2017", "val2017")
@@ -115,10 +115,7 @@ class CocoDataset(ImageDataset):
 @reader("coco")
 def _build_coco(spec: DatasetSpec) -> CocoDataset:
     opts = dict(spec.options)
-    allowed = {"subset_size", "subset_seed", "fit", "caption_seed"}
-    if set(opts) - allowed:
-        raise ConfigError(f"field 'data.options': unknown option(s) {sorted(set(opts) - allowed)} for kind 'coco'; "
-                          f"allowed: {', '.join(sorted(allowed))}")
+    check_options(spec, {"subset_size", "subset_seed", "fit", "caption_seed"})
     split = "train2014" if spec.split == "train" else ("val2014" if spec.split == "val" else spec.split)
     return CocoDataset(spec.root, spec.resolution, split, subset_size=int(opts.get("subset_size", FID30K_SIZE)),
                        subset_seed=int(opts.get("subset_seed", FID30K_SEED)), fit=opts.get("fit", "crop"),

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bench.data.base import ImageDataset, require_dir
 from bench.data.preprocess import CorruptImage, adm_center_crop, load_rgb
-from bench.data.spec import DatasetSpec, reader
+from bench.data.spec import DatasetSpec, check_options, reader
 from bench.method import ConfigError
 
 CLIPART_ROOT = "/usr/share/openclipart/png"
@@ -84,10 +84,7 @@ class ClipartDataset(ImageDataset):
 @reader("clipart")
 def _build_clipart(spec: DatasetSpec) -> ClipartDataset:
     opts = dict(spec.options)
-    allowed = {"min_images", "max_classes", "max_per_class", "caption_seed"}
-    if set(opts) - allowed:
-        raise ConfigError(f"field 'data.options': unknown option(s) {sorted(set(opts) - allowed)} for kind "
-                          f"'clipart'; allowed: {', '.join(sorted(allowed))}")
+    check_options(spec, {"min_images", "max_classes", "max_per_class", "caption_seed"})
     opt_int = lambda k: None if opts.get(k) is None else int(opts[k])  # noqa: E731
     return ClipartDataset(spec.root, spec.resolution, min_images=int(opts.get("min_images", 30)),
                           max_classes=opt_int("max_classes"), max_per_class=opt_int("max_per_class"),
@@ -160,6 +157,5 @@ class EmojiDataset(ImageDataset):
 
 @reader("emoji")
 def _build_emoji(spec: DatasetSpec) -> EmojiDataset:
-    if set(spec.options) - {"caption_seed"}:
-        raise ConfigError(f"field 'data.options': kind 'emoji' takes no options (got {sorted(spec.options)})")
+    check_options(spec, {"caption_seed"})
     return EmojiDataset(spec.root, spec.resolution, on_corrupt=spec.on_corrupt, max_items=spec.max_items)

@@ -17,7 +17,7 @@ import numpy as np
 
 from bench.data.base import ImageDataset, require_dir
 from bench.data.preprocess import is_image_file, load_rgb
-from bench.data.spec import DatasetSpec, reader
+from bench.data.spec import DatasetSpec, check_options, reader
 from bench.method import ConfigError
 
 
@@ -114,16 +114,9 @@ def _common(spec: DatasetSpec) -> dict:
                 caption_seed=int(spec.options.get("caption_seed", 0)))
 
 
-def _check_options(spec: DatasetSpec, allowed: set[str]) -> None:
-    extra = set(spec.options) - allowed
-    if extra:
-        raise ConfigError(f"field 'data.options': unknown option(s) {sorted(extra)} for kind {spec.kind!r}; "
-                          f"allowed: {', '.join(sorted(allowed)) or 'none'}")
-
-
 @reader("folder")
 def _build_folder(spec: DatasetSpec) -> FileListDataset:
-    _check_options(spec, {"labels", "fit", "caption_seed"})
+    check_options(spec, {"labels", "fit", "caption_seed"})
     return build_folder(spec.root, spec.resolution, labels=spec.options.get("labels", "auto"),
                         fit=spec.options.get("fit", "crop"), **_common(spec))
 
@@ -174,7 +167,7 @@ def build_imagenet(root: str | Path | None, resolution: int, split: str = "train
 
 @reader("imagenet")
 def _build_imagenet(spec: DatasetSpec) -> FileListDataset:
-    _check_options(spec, {"caption_seed", "any_resolution"})
+    check_options(spec, {"caption_seed", "any_resolution"})
     if spec.resolution not in IMAGENET_RESOLUTIONS and not spec.options.get("any_resolution"):
         raise ConfigError(f"field 'data.resolution': ImageNet is prepared at {IMAGENET_RESOLUTIONS} "
                           f"(got {spec.resolution}; set data.options.any_resolution=true to override)")
@@ -188,7 +181,7 @@ CELEBAHQ_RESOLUTIONS = (256, 512, 1024)
 @reader("celebahq")
 def _build_celebahq(spec: DatasetSpec) -> FileListDataset:
     """A folder of CelebA-HQ images (any source size, usually 1024^2), unconditional."""
-    _check_options(spec, {"caption_seed", "any_resolution"})
+    check_options(spec, {"caption_seed", "any_resolution"})
     if spec.resolution not in CELEBAHQ_RESOLUTIONS and not spec.options.get("any_resolution"):
         raise ConfigError(f"field 'data.resolution': CelebA-HQ is used at {CELEBAHQ_RESOLUTIONS} "
                           f"(got {spec.resolution}; set data.options.any_resolution=true to override)")

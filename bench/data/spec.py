@@ -51,6 +51,16 @@ class DatasetSpec(BaseModel):
     text: TextSpec | None = Field(None, description="encode captions for text conditioning")
 
 
+def check_options(spec: DatasetSpec, allowed: set[str]) -> None:
+    """One line naming the unknown reader options of ``spec`` and the allowed ones."""
+    from bench.method import ConfigError
+
+    extra = set(spec.options) - allowed
+    if extra:
+        raise ConfigError(f"field 'data.options': unknown option(s) {sorted(extra)} for kind {spec.kind!r}; "
+                          f"allowed: {', '.join(sorted(allowed)) or 'none'}")
+
+
 def build_dataset(spec: DatasetSpec, *, with_text: bool = True):
     """The dataset of ``spec``; wrapped with caption embeddings when ``spec.text`` is set."""
     from bench.data import readers  # noqa: F401  (registers the readers)
