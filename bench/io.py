@@ -8,11 +8,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)       # the only way to read it; done once, at import, before any worker thread
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call ``write(fileobj)`` on a temp file in the same folder, fsync, then rename over ``path``."""
+    """Call ``write(fileobj)`` on a temp file in the same folder, fsync, then rename over ``path``.
+
+    The file gets the permissions an ordinary open() would give (0666 minus the umask), not mkstemp's
+    private 0600: run folders on a shared cluster filesystem stay readable by the group."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     try:
         with os.fdopen(fd, mode) as f:
             write(f)
