@@ -245,7 +245,9 @@ def _run_stage(cfg, method, ema, stage, stage_idx, budget, stage_done, images, f
         lr = t.lr * min(1.0, (stage_done + t.batch) / t.warmup_images) if t.warmup_images else t.lr
         for g in opt.param_groups:
             g["lr"] = lr * g.get("lr_mult", 1.0)
-        batch = Batch(batch.images, batch.labels, batch.text, type(batch.rng)(batch.rng.seeds, device)).to(device)
+        if batch.rng.device != device:     # generators live beside the data (CUDA ones on GPU)
+            batch.rng = type(batch.rng)(batch.rng.seeds, device)
+        batch = batch.to(device)
         terms: dict[str, float] = {}
         for micro in split_batch(batch, t.accumulate):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):

@@ -165,12 +165,16 @@ def build_imagenet(root: str | Path | None, resolution: int, split: str = "train
     return FileListDataset(files, labs, resolution, fit="crop", class_names=wnids, **kw)
 
 
+def _check_standard_resolution(spec: DatasetSpec, allowed: tuple[int, ...], what: str) -> None:
+    if spec.resolution not in allowed and not spec.options.get("any_resolution"):
+        raise ConfigError(f"field 'data.resolution': {what} is used at {allowed} "
+                          f"(got {spec.resolution}; set data.options.any_resolution=true to override)")
+
+
 @reader("imagenet")
 def _build_imagenet(spec: DatasetSpec) -> FileListDataset:
     check_options(spec, {"caption_seed", "any_resolution"})
-    if spec.resolution not in IMAGENET_RESOLUTIONS and not spec.options.get("any_resolution"):
-        raise ConfigError(f"field 'data.resolution': ImageNet is prepared at {IMAGENET_RESOLUTIONS} "
-                          f"(got {spec.resolution}; set data.options.any_resolution=true to override)")
+    _check_standard_resolution(spec, IMAGENET_RESOLUTIONS, "ImageNet")
     return build_imagenet(spec.root, spec.resolution, spec.split, **_common(spec))
 
 
@@ -182,7 +186,5 @@ CELEBAHQ_RESOLUTIONS = (256, 512, 1024)
 def _build_celebahq(spec: DatasetSpec) -> FileListDataset:
     """A folder of CelebA-HQ images (any source size, usually 1024^2), unconditional."""
     check_options(spec, {"caption_seed", "any_resolution"})
-    if spec.resolution not in CELEBAHQ_RESOLUTIONS and not spec.options.get("any_resolution"):
-        raise ConfigError(f"field 'data.resolution': CelebA-HQ is used at {CELEBAHQ_RESOLUTIONS} "
-                          f"(got {spec.resolution}; set data.options.any_resolution=true to override)")
+    _check_standard_resolution(spec, CELEBAHQ_RESOLUTIONS, "CelebA-HQ")
     return build_folder(spec.root, spec.resolution, labels="none", **_common(spec))
