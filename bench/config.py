@@ -40,6 +40,13 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1, description="CPU intra-op threads (None: torch's default); "
                                                          "float results depend on it, so pin it to compare runs")
     progress: bool = True
+    compile: bool = Field(False, description="torch.compile each network's forward (nn.Module.compile)")
+    channels_last: str = Field("auto", pattern="^(auto|on|off)$",
+                               description="channels_last memory format; auto = on for conv nets on CUDA")
+    shard: str = Field("none", pattern="^(none|optimizer)$",
+                       description="optimizer = ZeRO-1 (each rank keeps 1/W of the Adam state); checkpoints "
+                                   "hold the full state, so a run resumes on any world size")
+    bucket_mb: float = Field(25.0, gt=0, description="gradient all-reduce bucket size (overlaps backward)")
 
     @field_validator("ema_halflife_kimg")
     @classmethod

@@ -53,7 +53,7 @@ def load_run(run_dir: str | Path, ema_index: int = 0, device: str | torch.device
         if s.enter:
             s.enter()
     method.load_state_dict(state["method"])
-    ema = EMA(method, [h / 1000 for h in state["ema"]["halflife_images"]], None)
+    ema = EMA.from_state(method, state["ema"])
     ema.load_state_dict(state["ema"])
     ema.copy_to(method, ema_index)
     method.to(device)

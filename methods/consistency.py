@@ -441,4 +441,4 @@ class ImprovedConsistencyTraining(_Consistency):
         d = consistency_distance(out, target, cfg.metric, cfg.huber_c)
         w = ict_weights(s_lo, s_hi)
         scale = cfg.loss_scale if cfg.loss_scale is not None else 1.0 / math.sqrt(y[0].numel())
-        return scale * (w * d).mean(), {"num_scales": float(n_scales), "sigma_hi_mean": float(s_hi.mean())}
+        return scale * (w * d).mean(), {"num_scales": float(n_scales), "sigma_hi_mean": s_hi.detach().mean()}

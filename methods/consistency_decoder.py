@@ -233,7 +233,7 @@ class ConsistencyDecoder(Method):
             x_t = a.sqrt() * y + (1 - a).sqrt() * eps
             c_out = self.teacher.c_out[t].reshape(-1, 1, 1, 1)
             err = ((self.teacher(x_t, t, z_up) - y) / c_out) ** 2               # EDM weight 1/c_out²
-            return err.mean(dim=(1, 2, 3)).mean(), {"t_mean": float(t.float().mean())}
+            return err.mean(dim=(1, 2, 3)).mean(), {"t_mean": t.float().mean()}
         grid = distilled_grid(T_TRAIN, DISTILLED_STEPS).to(y.device)
         n = rng.randint(1, grid.numel(), (y.shape[0],)).to(y.device)
         t_hi, t_lo = grid[n], grid[n - 1]
@@ -247,7 +247,7 @@ class ConsistencyDecoder(Method):
                                    self.config.teacher_solver)
             rng_restore(state, y.device)
             target = self.target(x_lo, t_lo, z_up)
-        return consistency_distance(out, target, "l2").mean(), {"t_mean": float(t_hi.float().mean())}
+        return consistency_distance(out, target, "l2").mean(), {"t_mean": t_hi.float().mean()}
 
     @torch.no_grad()
     def after_step(self, stage: Stage, step: int, images_seen: int) -> None:

@@ -81,7 +81,7 @@ def edm_loss(denoiser: torch.nn.Module, batch: Batch, cfg: EDMConfig) -> tuple[t
     D = denoiser(y + noise, sigma, labels, text)
     weight = edm_loss_weight(sigma, cfg.sigma_data).reshape(-1, 1, 1, 1)
     per_example = (weight * (D - y) ** 2).mean(dim=(1, 2, 3))
-    return per_example.mean(), {"sigma_mean": float(sigma.mean())}
+    return per_example.mean(), {"sigma_mean": sigma.detach().mean()}
 
 
 @register

@@ -222,7 +222,7 @@ class GreedyGrowing(Method):
         v_hat = self.predict_v(z, lam, labels, text).float()
         eps_hat = eps_from_v(z.float(), v_hat, alpha.float(), sigma.float())
         loss = ((eps_hat - eps.float()) ** 2).mean(dim=(1, 2, 3)).mean()
-        return loss, {"logsnr_mean": float(lam.mean()), "shift": self.shift(want)}
+        return loss, {"logsnr_mean": lam.detach().mean(), "shift": self.shift(want)}
 
     # ---- sampling -----------------------------------------------------------------------------
     def default_steps(self) -> int:

@@ -322,12 +322,12 @@ class MatryoshkaDiffusion(Method):
         v_hat = self.net(z, t.float(), labels, text)
         weights = spec.loss_weights or [1.0] * levels
         total = x0[0].new_zeros(())
-        logs: dict[str, float] = {"t_mean": float(t.float().mean())}
+        logs: dict[str, Any] = {"t_mean": t.float().mean()}
         for r, zi, vi, e, g, k, m, w in zip(res, z, v_hat, eps, gam, sizes, fractions, weights):
             eps_hat = eps_from_v_gamma(zi, vi.float(), g[:k])
             mse = ((eps_hat - e[:k].to(device)) ** 2).mean(dim=(1, 2, 3))
             total = total + w * mse.sum() / (m * n)        # MDM: divided by m_r, zero for the other examples
-            logs[f"mse_{r}"] = float(mse.detach().mean())
+            logs[f"mse_{r}"] = mse.detach().mean()
         return total, logs
 
     def flops_per_example(self, stage: Stage) -> float:

@@ -271,7 +271,7 @@ class RelayDiffusion(Method):
         D = self.relay(x, sigma.float(), labels, text)
         weight = edm_loss_weight(sigma, cfg.sigma_data).clamp(max=cfg.loss_weight_max).float().reshape(-1, 1, 1, 1)
         per_example = (weight * (D - y) ** 2).mean(dim=(1, 2, 3))
-        return per_example.mean(), {"sigma_mean": float(sigma.mean()), "blur_sigma_mean": float(sig_b.mean())}
+        return per_example.mean(), {"sigma_mean": sigma.detach().mean(), "blur_sigma_mean": sig_b.detach().mean()}
 
     # ---- sampling -----------------------------------------------------------------------------
     def default_steps(self) -> int:

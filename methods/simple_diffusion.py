@@ -244,8 +244,8 @@ class SimpleDiffusion(Method):
         v_hat = self.model(z, lam, labels, text).float()
         eps_hat = eps_from_v(z.float(), v_hat, alpha.float(), sigma.float())
         per_example, terms = multiscale_eps_loss(eps.float(), eps_hat, cfg.multiscale)
-        logs = {f"loss_{s}": float(v.detach()) for s, v in terms.items()}
-        logs["logsnr_mean"] = float(lam.mean())
+        logs = {f"loss_{s}": v.detach() for s, v in terms.items()}
+        logs["logsnr_mean"] = lam.detach().mean()
         return per_example.mean(), logs
 
     def default_steps(self) -> int:

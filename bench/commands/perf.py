@@ -14,6 +14,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=int, default=30)
     t.add_argument("--repeats", type=int, default=3)
     t.add_argument("--device", default="auto")
+    t.add_argument("--log-images", type=int, default=10 ** 9, help="log interval of the timed runs (images)")
+    t.add_argument("--breakdown-steps", type=int, default=10)
+    t.add_argument("--scaling-steps", type=int, default=15, help="timed steps of the 2-rank scaling check")
+    t.add_argument("--no-scaling", action="store_true", help="skip the 2-rank gloo scaling check")
+    t.add_argument("--peak-flops", type=float, default=None, help="device peak FLOP/s for MFU (default: table)")
+    t.add_argument("--json", default=None, metavar="FILE", help="write every number as JSON")
+    t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=lambda a: __import__("bench.perf.trainer", fromlist=["x"]).run_perf_trainer(a))
     for name, mod, fn in (("eval", "bench.perf.eval", "run_perf_eval"), ("data", "bench.perf.data", "run_perf_data")):
         q = which.add_parser(name, help=f"{name} benchmark", add_help=True)

@@ -38,8 +38,8 @@ class StreamPositions(Dataset):
         epoch, offset = divmod(position, self.n)
         if epoch != self._perm_epoch:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g), epoch
-        return int(self._perm[offset])
+            self._perm, self._perm_epoch = torch.randperm(self.n, generator=g).tolist(), epoch
+        return self._perm[offset]
 
     def __len__(self) -> int:  # nominal; positions beyond it are valid (endless stream)
         return 1 << 62
@@ -77,11 +77,12 @@ class Collate:
     def __call__(self, items: list[dict]) -> Batch:
         x = torch.stack([it["image"] for it in items]).float() / 127.5 - 1.0
         images = _pyramid(x, self.resolutions)
-        labels = torch.tensor([int(it.get("label", -1)) for it in items], dtype=torch.long)
+        ids = [int(it.get("label", -1)) for it in items]
+        labels = torch.tensor(ids, dtype=torch.long)
         text = torch.stack([it["text"] for it in items]) if "text" in items[0] else None
         seeds = [example_seed(self.seed, it["position"]) for it in items]
         # Generators are made here, in the consumer process, by Batch users: keep seeds only.
-        return Batch(images, labels if (labels >= 0).any() else None, text, StackedRandom(seeds))
+        return Batch(images, labels if max(ids) >= 0 else None, text, StackedRandom(seeds))
 
 
 def make_loader(dataset: Any, *, seed: int, start: int, global_batch: int, resolutions: Sequence[int],

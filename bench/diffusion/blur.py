@@ -10,6 +10,7 @@ The sampler keeps its state in float64 and calls the denoiser in float32, like t
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -110,6 +111,7 @@ def truncated_lognormal_sigma(u: Number, P_mean: float = -1.2, P_std: float = 1.
     return torch.exp(P_mean + P_std * torch.special.ndtri(_t64(u) * prob_length))
 
 
+@functools.lru_cache(maxsize=None)   # called by every relay loss: computed once, no per-step host read
 def train_u_floor(P_mean: float = -1.2, P_std: float = 1.2, prob_length: float = 0.93,
                   sigma_floor: float = 7.5e-3) -> float:
     """Lower clamp of the training u, as the official BlurLoss computes it: ``Φ((ln σ_f − P_mean)/P_std)·L``

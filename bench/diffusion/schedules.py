@@ -76,7 +76,11 @@ def alpha_bar_from_logsnr(logsnr: Number) -> torch.Tensor:
 
 # ---- SiD continuous cosine logSNR ---------------------------------------------------------------
 
-def _check_unit_interval(t: torch.Tensor, name: str = "t") -> None:
+def _check_unit_interval(t: torch.Tensor, name: str = "t", given: Number = None) -> None:
+    # Numbers and lists from a user are checked; tensors come from our own samplers and trainers, in
+    # [0, 1] by construction, and checking them would cost a device-to-host read in every training step.
+    if isinstance(given, torch.Tensor):
+        return
     if t.numel() and (bool((t < 0).any()) or bool((t > 1).any())):
         raise ConfigError(f"{name}: expected values in [0, 1], got min {t.min().item():g} max {t.max().item():g}")
 
@@ -87,7 +91,7 @@ def logsnr_cosine(t: Number, logsnr_min: float = -15.0, logsnr_max: float = 15.0
     if not logsnr_min < logsnr_max:
         raise ConfigError(f"logsnr_min ({logsnr_min}) must be < logsnr_max ({logsnr_max})")
     tt = as_f64(t)
-    _check_unit_interval(tt)
+    _check_unit_interval(tt, given=t)
     t_min = math.atan(math.exp(-0.5 * logsnr_max))
     t_max = math.atan(math.exp(-0.5 * logsnr_min))
     return _like(-2.0 * torch.log(torch.tan(t_min + tt * (t_max - t_min))), t)
