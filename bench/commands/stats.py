@@ -34,12 +34,13 @@ def dataset_spec(args: argparse.Namespace):
 
     from bench.data.spec import DatasetSpec
     from bench.method import ConfigError, validate_model
+    from bench.safeload import load_yaml
 
     if args.dataset.endswith((".yaml", ".yml")):
         path = Path(args.dataset)
         if not path.is_file():
             raise ConfigError(f"dataset spec {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path, "dataset spec") or {}
         raw = raw.get("data", raw) if isinstance(raw, dict) else raw
     else:
         raw = {"kind": args.dataset}

@@ -24,12 +24,21 @@ class InceptionExtractor:
 
     def __init__(self, weights: str | Path, extractor_id: str, official: bool | None,
                  device: torch.device | str = "cpu"):
+        import io
+
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        from bench.safeload import torch_load
 
         self.id, self.official = extractor_id, official
         self.device = torch.device(device)
+        # torch-fidelity reads its weights with full pickle; it gets the tensors we read weights-only instead
+        # (torch.load takes the in-memory buffer as well as a path), so a crafted file never runs code.
+        buf = io.BytesIO()
+        torch.save(torch_load(weights, "Inception weight file"), buf)
+        buf.seek(0)
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                               feature_extractor_weights_path=str(weights)).to(self.device)
+                                               feature_extractor_weights_path=buf).to(self.device)
         self._spatial: torch.Tensor | None = None
         self.net.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
 
