@@ -34,15 +34,20 @@ def _reason(err: BaseException) -> str:
 
 
 def torch_load(path: str | Path, what: str, map_location: Any = "cpu", *, trust: bool = False,
-               hint: str = "replace it with a file that holds only tensors (a state dict)") -> Any:
+               hint: str = "replace it with a file that holds only tensors (a state dict)",
+               data: bytes | None = None) -> Any:
     """``torch.load`` restricted to tensors and plain containers unless ``trust``; a refused file raises
-    UnsafeFileError naming ``what`` and ``path``, with ``hint`` saying what to do about it."""
+    UnsafeFileError naming ``what`` and ``path``, with ``hint`` saying what to do about it. ``data``: the
+    file's bytes, already read (then ``path`` only names it)."""
+    import io
+
     import torch
 
+    source = io.BytesIO(data) if data is not None else path
     if trust:
-        return torch.load(path, map_location=map_location, weights_only=False)
+        return torch.load(source, map_location=map_location, weights_only=False)
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:  # torch wraps every refusal (and non-torch pickles) in this
         raise UnsafeFileError(
             f"{what} {path} holds objects other than tensors and plain containers ({_reason(err)}), which "

@@ -32,13 +32,12 @@ class InceptionExtractor:
 
         self.id, self.official = extractor_id, official
         self.device = torch.device(device)
-        # torch-fidelity reads its weights with full pickle; it gets the tensors we read weights-only instead
-        # (torch.load takes the in-memory buffer as well as a path), so a crafted file never runs code.
-        buf = io.BytesIO()
-        torch.save(torch_load(weights, "Inception weight file"), buf)
-        buf.seek(0)
+        # torch-fidelity unpickles its weights in full: it gets the very bytes the weights-only loader has
+        # accepted (held in memory, so the file cannot change in between), which only rebuild tensors.
+        data = Path(weights).read_bytes()
+        torch_load(weights, "Inception weight file", data=data)
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                               feature_extractor_weights_path=buf).to(self.device)
+                                               feature_extractor_weights_path=io.BytesIO(data)).to(self.device)
         self._spatial: torch.Tensor | None = None
         self.net.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
 
