@@ -30,11 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def dataset_spec(args: argparse.Namespace):
     from pathlib import Path
 
-    import yaml
-
     from bench.data.spec import DatasetSpec
     from bench.method import ConfigError, validate_model
-    from bench.safeload import load_yaml
+    from bench.safeload import load_yaml, yaml_value
 
     if args.dataset.endswith((".yaml", ".yml")):
         path = Path(args.dataset)
@@ -54,7 +52,7 @@ def dataset_spec(args: argparse.Namespace):
         if "=" not in item:
             raise ConfigError(f"--opt {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
-        opts[k] = yaml.safe_load(v)
+        opts[k] = yaml_value(v, f"--opt {k}")
     raw["options"] = opts
     return validate_model(DatasetSpec, raw, "data.")
 
