@@ -1,15 +1,42 @@
-"""Checkpoint folder: ``ckpt-<images>.pt`` written atomically, the newest few kept."""
+"""Checkpoint folder: ``ckpt-<images>.pt`` written atomically, the newest few kept.
+
+Every checkpoint read goes through ``load_checkpoint``: weights only (tensors and plain containers, see
+bench.safeload), since run folders are shared and a pickled checkpoint could otherwise run code on the
+machine that loads it. ``trust=True`` (the CLI's ``--trust-checkpoint``) reads a file the old way.
+"""
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from bench.io import atomic_write
+from bench.safeload import UnsafeFileError, torch_load
 
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
+# Ambient because train() builds its own CheckpointStore: the CLI flag reaches it without new arguments.
+_TRUST: contextvars.ContextVar[bool] = contextvars.ContextVar("trust_checkpoints", default=False)
+
+
+@contextlib.contextmanager
+def trust_checkpoints(trust: bool = True) -> Iterator[None]:
+    """Within this block (this thread), ``load_checkpoint(..., trust=None)`` reads with full pickle if ``trust``."""
+    token = _TRUST.set(bool(trust))
+    try:
+        yield
+    finally:
+        _TRUST.reset(token)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", trust: bool | None = None) -> dict[str, Any]:
+    """A checkpoint's dict, read weights-only unless ``trust`` (None: the enclosing ``trust_checkpoints``)."""
+    trust = _TRUST.get() if trust is None else trust
+    return torch_load(path, "checkpoint", map_location, trust=trust,
+                      hint="if you trust its source, read it with --trust-checkpoint")
 
 
 class CheckpointStore:
@@ -32,12 +59,14 @@ class CheckpointStore:
             old.unlink(missing_ok=True)
         return path
 
-    def load_latest(self, map_location: Any = "cpu") -> dict[str, Any] | None:
+    def load_latest(self, map_location: Any = "cpu", trust: bool | None = None) -> dict[str, Any] | None:
         path = self.latest()
         if path is None:
             return None
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            return load_checkpoint(path, map_location, trust)
+        except UnsafeFileError:
+            raise
         except Exception as err:  # a truncated file cannot come from atomic writes; say which file it is
             raise RuntimeError(f"checkpoint {path} cannot be read ({err}); delete it to resume from the previous one") \
                 from err

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bench.data.spec import DatasetSpec
 from bench.method import ConfigError, validate_model
+from bench.safeload import load_yaml, yaml_value
 
 
 class Strict(BaseModel):
@@ -85,7 +86,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. train.batch=64")
         k, v = item.split("=", 1)
-        set_dotted(out, k.strip().lstrip("-"), yaml.safe_load(v))
+        set_dotted(out, k.strip().lstrip("-"), yaml_value(v, k.strip().lstrip("-")))
     return out
 
 
@@ -103,7 +104,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | dict 
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file {str(p)!r} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
+        loaded = load_yaml(p, "config file") or {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {str(p)!r}: expected a mapping at top level")
         raw = deep_merge(raw, loaded)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from bench.checkpoint import trust_checkpoints
 from bench.compute import (ComputePlan, FlopCache, default_cache_path, fixed_images_plan, measure_sampling_cost,
                            spend_check, split_budget)
 from bench.method import ConfigError
@@ -296,18 +297,19 @@ class TrainJob(_checkpointable_base()):  # type: ignore[misc]
 
     Training runs in a worker thread so that submitit's signal handler (main thread) can ask the loop to
     stop at the next step boundary, wait for its checkpoint, and only then requeue: the requeued job
-    resumes exactly from that checkpoint.
+    resumes exactly from that checkpoint. ``trust``: read checkpoints with full pickle (--trust-checkpoint).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, trust: bool = False) -> None:
+        self.trust = trust
         self._thread: threading.Thread | None = None
         self._box: dict[str, Any] = {}
 
     def __getstate__(self) -> dict[str, Any]:
-        return {}
+        return {"trust": self.trust}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()
+        self.__init__(bool(state.get("trust", False)))
 
     def __call__(self, run_dir: str) -> dict[str, Any]:
         distributed_env()
@@ -315,7 +317,8 @@ class TrainJob(_checkpointable_base()):  # type: ignore[misc]
 
         def work() -> None:
             try:
-                self._box["result"] = train_phase(run_dir, progress=False)
+                with trust_checkpoints(self.trust):   # set in this thread: context variables do not cross threads
+                    self._box["result"] = train_phase(run_dir, progress=False)
             except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
                 self._box["error"] = err
 
@@ -339,21 +342,29 @@ class TrainJob(_checkpointable_base()):  # type: ignore[misc]
             request_stop()
             self._thread.join(1.0)           # the loop writes its checkpoint at a step boundary, then returns
         RunFolder(run_dir).record("train", {"requeued_at": now()})
-        return submitit.helpers.DelayedSubmission(TrainJob(), run_dir)
+        return submitit.helpers.DelayedSubmission(TrainJob(self.trust), run_dir)
 
 
 class SampleJob(_checkpointable_base()):  # type: ignore[misc]
     """One sampling shard; requeued on preemption / time limit (finished settings' files are kept)."""
 
+    def __init__(self, trust: bool = False) -> None:
+        self.trust = trust
+
     def __call__(self, run_dir: str, shard: int) -> list[str]:
-        return sample_phase(run_dir, shard)
+        with trust_checkpoints(self.trust):
+            return sample_phase(run_dir, shard)
 
 
 class EvaluateJob(_checkpointable_base()):  # type: ignore[misc]
     """Evaluation of a cell; requeued on preemption / time limit (it starts over)."""
 
+    def __init__(self, trust: bool = False) -> None:
+        self.trust = trust
+
     def __call__(self, run_dir: str) -> dict[str, Any]:
-        return evaluate_phase(run_dir)
+        with trust_checkpoints(self.trust):
+            return evaluate_phase(run_dir)
 
 
 @dataclass
@@ -365,7 +376,8 @@ class Submitted:
     jobs: list[Any] = field(default_factory=list, repr=False)
 
 
-def submit_cell(pc: PlannedCell, suite_name: str, profile: Any, limits: dict[str, Any]) -> Submitted:
+def submit_cell(pc: PlannedCell, suite_name: str, profile: Any, limits: dict[str, Any],
+                trust: bool = False) -> Submitted:
     """Submit train → sample array → evaluate for one cell, chained with afterok dependencies."""
     import submitit
 
@@ -387,11 +399,11 @@ def submit_cell(pc: PlannedCell, suite_name: str, profile: Any, limits: dict[str
         ex.update_parameters(name=f"{suite_name}:{pc.cell.id}:{kind}", slurm_additional_parameters=extra, **params)
         return ex
 
-    train_job = executor("train", None).submit(TrainJob(), str(rf.path))
+    train_job = executor("train", None).submit(TrainJob(trust), str(rf.path))
     ex = executor("sample", f"afterok:{train_job.job_id}")
-    sample_jobs = ex.map_array(SampleJob(), [str(rf.path)] * shards, list(range(shards)))
+    sample_jobs = ex.map_array(SampleJob(trust), [str(rf.path)] * shards, list(range(shards)))
     array_id = sample_jobs[0].job_id.split("_")[0]
-    eval_job = executor("evaluate", f"afterok:{array_id}").submit(EvaluateJob(), str(rf.path))
+    eval_job = executor("evaluate", f"afterok:{array_id}").submit(EvaluateJob(trust), str(rf.path))
     sub = Submitted(pc.cell.id, train_job.job_id, [j.job_id for j in sample_jobs], eval_job.job_id,
                     [train_job, *sample_jobs, eval_job])
     old = rf.read_manifest().get("parts", {}).get("driver", {}).get("jobs", {})
@@ -405,8 +417,9 @@ def submit_cell(pc: PlannedCell, suite_name: str, profile: Any, limits: dict[str
 
 
 def run_slurm(planned: list[PlannedCell], suite_name: str, profile: Any,
-              log: Callable[[str], None] = print) -> dict[str, Submitted | str]:
-    """Submit every unfinished cell not already in flight; a failed submission never stops the others."""
+              log: Callable[[str], None] = print, trust: bool = False) -> dict[str, Submitted | str]:
+    """Submit every unfinished cell not already in flight; a failed submission never stops the others.
+    ``trust``: the jobs read checkpoints with full pickle (--trust-checkpoint)."""
     limits = preflight(profile)
     out: dict[str, Submitted | str] = {}
     for pc in planned:
@@ -422,7 +435,7 @@ def run_slurm(planned: list[PlannedCell], suite_name: str, profile: Any,
             log(f"{pc.cell.id}: in flight ({', '.join(f'{k} {v}' for k, v in live.items())}), not resubmitted")
             continue
         try:
-            sub = submit_cell(pc, suite_name, profile, limits)
+            sub = submit_cell(pc, suite_name, profile, limits, trust)
             out[pc.cell.id] = sub
             log(f"{pc.cell.id}: submitted train {sub.train} -> sample {sub.sample[0].split('_')[0]}"
                 f"[{len(sub.sample)}] -> evaluate {sub.evaluate}")

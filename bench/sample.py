@@ -11,7 +11,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from bench.checkpoint import CheckpointStore
+from bench.checkpoint import CheckpointStore, load_checkpoint
 from bench.config import RunConfig, load_run_config
 from bench.diffusion.rng import StackedRandom
 from bench.ema import EMA
@@ -37,8 +37,9 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def load_run(run_dir: str | Path, ema_index: int = 0, device: str | torch.device = "cpu",
-             checkpoint: str | Path | None = None) -> tuple[Method, RunConfig]:
-    """Rebuild the method of a run folder with the EMA weights (index ``ema_index``) of its latest checkpoint."""
+             checkpoint: str | Path | None = None, trust: bool | None = None) -> tuple[Method, RunConfig]:
+    """Rebuild the method of a run folder with the EMA weights (index ``ema_index``) of its latest checkpoint
+    (read weights-only unless ``trust``; None: bench.checkpoint.trust_checkpoints decides)."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
@@ -47,7 +48,7 @@ def load_run(run_dir: str | Path, ema_index: int = 0, device: str | torch.device
     path = Path(checkpoint) if checkpoint else CheckpointStore(run_dir / "ckpt").latest()
     if path is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir / 'ckpt'}")
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path, "cpu", trust)
     method = build_method(cfg.method, cfg.preset, cfg.method_config)
     for s in method.stages()[: state["stage_idx"] + 1]:
         if s.enter:

@@ -115,7 +115,8 @@ class RunFolder:
     def read_cell(self) -> dict[str, Any]:
         if not self.cell_file.is_file():
             raise FileNotFoundError(f"{self.cell_file} does not exist (not a run folder)")
-        return yaml.safe_load(self.cell_file.read_text())
+        from bench.safeload import load_yaml
+        return load_yaml(self.cell_file, "cell file")
 
     # -- status --
     def set_status(self, state: str) -> None:

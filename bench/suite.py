@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bench.config import RunConfig, deep_merge, parse_overrides, set_dotted
 from bench.method import ConfigError, get_method_class, load_all, resolve_method_config, validate_model
+from bench.safeload import load_yaml
 
 # train.* fields that change how a run is executed, not what it computes: not part of the cell id.
 EXECUTION_ONLY = ("progress", "workers", "device")
@@ -197,10 +197,7 @@ def load_suite(path: str | Path, overrides: list[str] | dict[str, Any] | None = 
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"suite file {str(p)!r} does not exist")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"suite file {str(p)!r} is not valid YAML: {str(err).splitlines()[0]}") from None
+    raw = load_yaml(p, "suite file") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"suite file {str(p)!r}: expected a mapping at top level")
     raw.setdefault("name", p.stem)
@@ -390,7 +387,7 @@ def load_profile(ref: str | Path) -> ClusterProfile:
         known = sorted(x.stem for x in PROFILE_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown cluster profile {str(ref)!r}: {str(p)!r} does not exist; "
                           f"profiles in slurm/: {', '.join(known) or 'none'}")
-    raw = yaml.safe_load(p.read_text()) or {}
+    raw = load_yaml(p, "cluster profile") or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"cluster profile {str(p)!r}: expected a mapping at top level")
     raw.setdefault("name", p.stem)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.checkpoint import CheckpointStore
+from bench.checkpoint import CheckpointStore, load_checkpoint
 from bench.diffusion.rng import StackedRandom
 from bench.method import build_method, load_all
 from bench.sample import load_run
@@ -38,7 +38,7 @@ def test_two_steps_finite_loss_and_weights_change(name, tmp_path):
     assert out["done"]
     logs = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert logs and all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
-    state = torch.load(CheckpointStore(tmp_path / "run" / "ckpt").latest(), weights_only=False)["method"]
+    state = load_checkpoint(CheckpointStore(tmp_path / "run" / "ckpt").latest())["method"]
     changed = any(not torch.equal(before[k][n], state[k][n]) for k in before if k in state
                   for n in before[k] if n in state[k] and before[k][n].shape == state[k][n].shape)
     assert changed, "training did not change any weight"
@@ -115,8 +115,8 @@ def test_resume_is_bit_exact(name, tmp_path):
     assert not half["done"] and half["images"] >= images // 2
     resumed = train(cfg, tmp_path / "b")
     assert resumed["done"] and straight["done"]
-    sa = torch.load(CheckpointStore(tmp_path / "a" / "ckpt").latest(), weights_only=False)
-    sb = torch.load(CheckpointStore(tmp_path / "b" / "ckpt").latest(), weights_only=False)
+    sa = load_checkpoint(CheckpointStore(tmp_path / "a" / "ckpt").latest())
+    sb = load_checkpoint(CheckpointStore(tmp_path / "b" / "ckpt").latest())
     assert sa["images"] == sb["images"] == straight["images"] == sum(straight["stage_budgets"])
     assert state_equal(sa["method"], sb["method"]), "resumed weights differ from the uninterrupted run"
     for ea, eb in zip(sa["ema"]["shadows"], sb["ema"]["shadows"]):
@@ -163,7 +163,7 @@ def test_ddp_two_ranks_match_one_process(name, tmp_path):
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), \
         "\n".join(f"rank {r}: exit {p.returncode}\n{o[-3000:]}" for r, (p, o) in enumerate(zip(procs, outs)))
-    s1 = torch.load(CheckpointStore(tmp_path / "one" / "ckpt").latest(), weights_only=False)["method"]
-    s2 = torch.load(CheckpointStore(tmp_path / "two" / "ckpt").latest(), weights_only=False)["method"]
+    s1 = load_checkpoint(CheckpointStore(tmp_path / "one" / "ckpt").latest())["method"]
+    s2 = load_checkpoint(CheckpointStore(tmp_path / "two" / "ckpt").latest())["method"]
     ok, worst = state_close(s1, s2, rtol=1e-4, atol=1e-5)
     assert ok, f"DDP weights differ from one process (max abs diff {worst})"

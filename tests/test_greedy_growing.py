@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from bench.checkpoint import CheckpointStore
+from bench.checkpoint import CheckpointStore, load_checkpoint
 from bench.diffusion.rng import StackedRandom
 from bench.diffusion.schedules import alpha_sigma_from_logsnr, logsnr_cosine
 from bench.method import ConfigError, build_method
@@ -24,7 +24,7 @@ def _perturb(module: torch.nn.Module, seed: int = 0, scale: float = 0.02) -> Non
 
 
 def _latest(run) -> dict:
-    return torch.load(CheckpointStore(run / "ckpt").latest(), weights_only=False)
+    return load_checkpoint(CheckpointStore(run / "ckpt").latest())
 
 
 def test_trainer_freezes_core_in_b1_then_trains_it_in_b2(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 
+from bench.checkpoint import load_checkpoint
 from bench.method import ConfigError
 
 pytestmark = [pytest.mark.slurm,
@@ -90,7 +91,7 @@ def test_suite_end_to_end_with_a_crashing_cell(tmp_path, capsys):
 
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     ckpts = sorted((run_dir / "ckpt").glob("*.pt"))
-    state = torch.load(ckpts[-1], map_location="cpu", weights_only=False)
+    state = load_checkpoint(ckpts[-1])
     return {f"{m}.{k}": v for m, sd in state["method"].items() for k, v in sd.items()}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.checkpoint import CheckpointStore
+from bench.checkpoint import CheckpointStore, load_checkpoint
 from bench.config import load_run_config
 from bench.ema import EMA
 from bench.method import REGISTRY, Batch, ConfigError, Method, MethodConfig, Stage, build_method
@@ -97,10 +97,10 @@ def test_stages_freeze_and_grow(toy, tmp_path):
     logs = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in logs][:4] == ["core"] * 4 and logs[-1]["stage"] == "grow"
     # core weights at the end of stage 1 (after init_from_ema copied the primary EMA in) == at the end of stage 2
-    final = torch.load(store.latest(), weights_only=False)
+    final = load_checkpoint(store.latest())
     first = [p for i, p in store.list() if i == 16]
     assert first, "no checkpoint at the stage boundary"
-    boundary = torch.load(first[-1], weights_only=False)
+    boundary = load_checkpoint(first[-1])
     assert "head" in final["method"] and "head" not in boundary["method"]
     assert not torch.equal(final["method"]["head"]["weight"], torch.zeros(3, 3, 1, 1)), "head was not trained"
     ema_core = boundary["ema"]["shadows"][0]["core"]
@@ -119,7 +119,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(toy, tmp_path):
     cfg.method_config = {"blow_up_at": 12}
     with pytest.raises(TrainingDiverged, match="non-finite loss"):
         train(cfg, tmp_path)
-    latest = torch.load(CheckpointStore(tmp_path / "ckpt").latest(), weights_only=False)
+    latest = load_checkpoint(CheckpointStore(tmp_path / "ckpt").latest())
     assert latest["images"] == 8   # the loss of the 3rd step (examples 9..12) was NaN: nothing after 8 saved
     assert all(torch.isfinite(v).all() for v in latest["method"]["core"].values())
 
@@ -130,8 +130,8 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
     acc = base.model_copy(deep=True)
     acc.train.accumulate = 2
     train(acc, tmp_path / "b")
-    a = torch.load(CheckpointStore(tmp_path / "a" / "ckpt").latest(), weights_only=False)["method"]
-    b = torch.load(CheckpointStore(tmp_path / "b" / "ckpt").latest(), weights_only=False)["method"]
+    a = load_checkpoint(CheckpointStore(tmp_path / "a" / "ckpt").latest())["method"]
+    b = load_checkpoint(CheckpointStore(tmp_path / "b" / "ckpt").latest())["method"]
     for n in a["denoiser"]:
         torch.testing.assert_close(a["denoiser"][n], b["denoiser"][n], rtol=1e-4, atol=1e-5)
 
@@ -154,9 +154,9 @@ def test_ema_halflife_in_images():
 def test_resume_after_finish_is_a_no_op(tmp_path):
     cfg = tiny_run_config("edm", "cpu-tiny", images=8, batch=4)
     train(cfg, tmp_path)
-    s1 = torch.load(CheckpointStore(tmp_path / "ckpt").latest(), weights_only=False)
+    s1 = load_checkpoint(CheckpointStore(tmp_path / "ckpt").latest())
     again = train(cfg, tmp_path)
-    s2 = torch.load(CheckpointStore(tmp_path / "ckpt").latest(), weights_only=False)
+    s2 = load_checkpoint(CheckpointStore(tmp_path / "ckpt").latest())
     assert again["done"] and again["images"] == 8 and state_equal(s1["method"], s2["method"])
 
 

@@ -13,9 +13,8 @@ import os
 import sys
 from typing import Any
 
-import yaml
-
 from bench.method import ConfigError
+from bench.safeload import yaml_value
 
 
 def _options(items: list[str] | None) -> dict[str, Any]:
@@ -24,7 +23,7 @@ def _options(items: list[str] | None) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--option {item!r}: expected key=value, e.g. --option max_per_class=100")
         k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        out[k.strip()] = yaml_value(v, f"--option {k.strip()}")
     return out
 
 

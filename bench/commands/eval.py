@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from bench.commands import add_trust_checkpoint
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate samples (FID, sFID, IS, P/R, KID, CLIP score, FD-DINOv2)",
@@ -30,10 +32,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dinov2", default="dinov2", help="dinov2[:<timm-name>] for fd_dinov2")
     p.add_argument("--kid-subset-size", type=int, default=1000)
     p.add_argument("--no-progress", action="store_true")
+    add_trust_checkpoint(p)   # --seeds on a run folder samples from its checkpoint
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.checkpoint import trust_checkpoints
     from bench.method import validate_model
     from bench.metrics.api import evaluate
     from bench.metrics.assets import AssetFolder
@@ -45,9 +49,10 @@ def run(args: argparse.Namespace) -> int:
         "batch": args.batch, "device": args.device, "dinov2": args.dinov2, "kid_subset_size": args.kid_subset_size,
         "clip": {"model": args.clip_model, "pretrained": args.clip_pretrained, "scale": args.clip_scale,
                  "clamp": args.clip_clamp, "prefix": args.clip_prefix}}).checked()
-    result = evaluate(args.target, settings, AssetFolder(args.assets), args.ref, args.out,
-                      seeds=parse_seeds(args.seeds) if args.seeds else None, steps=args.steps,
-                      guidance=args.guidance, limit=args.limit, progress=not args.no_progress)
+    with trust_checkpoints(args.trust_checkpoint):
+        result = evaluate(args.target, settings, AssetFolder(args.assets), args.ref, args.out,
+                          seeds=parse_seeds(args.seeds) if args.seeds else None, steps=args.steps,
+                          guidance=args.guidance, limit=args.limit, progress=not args.no_progress)
     print(json.dumps(result["metrics"], indent=2))
     print(f"wrote {result['written_to']}")
     return 0

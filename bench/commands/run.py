@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from bench.commands import add_trust_checkpoint
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a suite (local) or submit it to SLURM; key=value overrides suite fields")
@@ -13,10 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dry-run", action="store_true", help="print cells, budgets and jobs; run nothing")
     p.add_argument("--wait", action="store_true", help="slurm: wait until every submitted job has ended")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    add_trust_checkpoint(p)   # cells resume, sample and evaluate from their checkpoints
     p.set_defaults(func=run, accepts_overrides=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    from bench.checkpoint import trust_checkpoints
     from bench.launch import plan_cells, preflight, run_local, run_slurm, slurm_available, wait_slurm
     from bench.method import ConfigError
     from bench.suite import expand_suite, load_profile, load_suite, suite_dir
@@ -51,10 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     if executor == "local":
-        status = run_local(planned, suite.name)
+        with trust_checkpoints(args.trust_checkpoint):
+            status = run_local(planned, suite.name)
         failed = [k for k, v in status.items() if v != "done"]
     else:
-        submitted = run_slurm(planned, suite.name, profile)
+        submitted = run_slurm(planned, suite.name, profile, trust=args.trust_checkpoint)
         failed = [k for k, v in submitted.items() if v == "failed"]
         if not args.wait:
             print(f"submitted; follow with `bench status {args.suite}`")

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from bench.commands import add_trust_checkpoint
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="generate samples from a trained run (EMA weights)",
@@ -16,12 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the method's)")
     p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     p.add_argument("--device", default="auto")
+    add_trust_checkpoint(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from bench.checkpoint import trust_checkpoints
     from bench.method import ConfigError
     from bench.sample import parse_seeds, sample_to_npz
 
@@ -31,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if args.n is not None and args.seeds:
         seeds = seeds[: args.n]
     out = Path(args.out) if args.out else Path(args.run_dir) / "samples" / "samples.npz"
-    sample_to_npz(args.run_dir, seeds, out, batch=args.batch, steps=args.steps, guidance=args.guidance,
-                  device=args.device, progress=True)
+    with trust_checkpoints(args.trust_checkpoint):
+        sample_to_npz(args.run_dir, seeds, out, batch=args.batch, steps=args.steps, guidance=args.guidance,
+                      device=args.device, progress=True)
     print(f"wrote {len(seeds)} samples to {out} (grid {out.with_suffix('.png')})")
     return 0

@@ -30,16 +30,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def dataset_spec(args: argparse.Namespace):
     from pathlib import Path
 
-    import yaml
-
     from bench.data.spec import DatasetSpec
     from bench.method import ConfigError, validate_model
+    from bench.safeload import load_yaml, yaml_value
 
     if args.dataset.endswith((".yaml", ".yml")):
         path = Path(args.dataset)
         if not path.is_file():
             raise ConfigError(f"dataset spec {path} does not exist")
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path, "dataset spec") or {}
         raw = raw.get("data", raw) if isinstance(raw, dict) else raw
     else:
         raw = {"kind": args.dataset}
@@ -53,7 +52,7 @@ def dataset_spec(args: argparse.Namespace):
         if "=" not in item:
             raise ConfigError(f"--opt {item!r}: expected KEY=VALUE")
         k, v = item.split("=", 1)
-        opts[k] = yaml.safe_load(v)
+        opts[k] = yaml_value(v, f"--opt {k}")
     raw["options"] = opts
     return validate_model(DatasetSpec, raw, "data.")
 

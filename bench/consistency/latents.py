@@ -190,7 +190,8 @@ def load_sd_vae_encoder(path: str | Path) -> SDVAEEncoder:
         from safetensors.torch import load_file
         state = load_file(str(path))
     else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        from bench.safeload import torch_load
+        state = torch_load(path, "SD-VAE weight file")
         state = state.get("state_dict", state)
     enc = SDVAEEncoder()
     mapped = to_diffusers_keys(state)

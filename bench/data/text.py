@@ -49,7 +49,7 @@ class TextEncoder:
         self.model_name, self.normalize, self.batch_size = model, normalize, batch_size
         self.device = torch.device(device)
         self.id = f"open_clip:{model}:{sha[:12]}:{'norm' if normalize else 'raw'}"
-        net = open_clip.create_model(model, pretrained=str(path), device=self.device)
+        net = open_clip.create_model(model, pretrained=str(path), device=self.device, weights_only=True)
         net.visual = None  # only the text tower is used; free the image tower's memory
         self.net = net.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(model)
@@ -93,7 +93,8 @@ class CaptionCache:
         if not self.path.is_file():
             return [], None
         try:
-            data = torch.load(self.path, map_location="cpu", weights_only=True)
+            from bench.safeload import torch_load
+            data = torch_load(self.path, "caption cache")
             if data["encoder"] != self.encoder_id:
                 raise ValueError(f"made by encoder {data['encoder']!r}, not {self.encoder_id!r}")
             return list(data["captions"]), data["embeddings"]

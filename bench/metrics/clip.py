@@ -44,7 +44,8 @@ class ClipScorer:
         path, entry = assets.require(clip_spec(settings.model, settings.pretrained))
         self.id = weights_id(f"open_clip:{settings.model}:{settings.pretrained}", entry)
         self.device = torch.device(device)
-        self.model = open_clip.create_model(settings.model, pretrained=str(path), device=self.device).eval()
+        self.model = open_clip.create_model(settings.model, pretrained=str(path), device=self.device,
+                                             weights_only=True).eval()
         self.tokenizer = open_clip.get_tokenizer(settings.model)
         v = self.model.visual
         size = v.image_size if isinstance(v.image_size, int) else v.image_size[0]

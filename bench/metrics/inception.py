@@ -24,12 +24,20 @@ class InceptionExtractor:
 
     def __init__(self, weights: str | Path, extractor_id: str, official: bool | None,
                  device: torch.device | str = "cpu"):
+        import io
+
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        from bench.safeload import torch_load
 
         self.id, self.official = extractor_id, official
         self.device = torch.device(device)
+        # torch-fidelity unpickles its weights in full: it gets the very bytes the weights-only loader has
+        # accepted (held in memory, so the file cannot change in between), which only rebuild tensors.
+        data = Path(weights).read_bytes()
+        torch_load(weights, "Inception weight file", data=data)
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                               feature_extractor_weights_path=str(weights)).to(self.device)
+                                               feature_extractor_weights_path=io.BytesIO(data)).to(self.device)
         self._spatial: torch.Tensor | None = None
         self.net.Mixed_6d.branch1x1.register_forward_hook(self._keep_spatial)
 

@@ -52,6 +52,8 @@ class NpzArrayStream:
                 raise ConfigError(f"{self.path}: no array {key!r} (found {sorted(n[:-4] for n in zf.namelist())})")
             with zf.open(f"{key}.npy") as f:
                 self.shape, self.dtype, self._fortran = self._header(f)
+        if self.dtype.hasobject:   # object arrays are pickles: never read from a user's file
+            raise ConfigError(f"{self.path}: array {key!r} holds Python objects (pickled); expected uint8 images")
 
     @staticmethod
     def _header(f) -> tuple[tuple[int, ...], np.dtype, bool]:
@@ -69,8 +71,8 @@ class NpzArrayStream:
         row = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         with zipfile.ZipFile(self.path) as zf, zf.open(f"{self.key}.npy") as f:
             self._header(f)
-            if self._fortran or self.dtype.hasobject:  # not streamable: fall back to one load
-                arr = np.load(self.path)[self.key]
+            if self._fortran:  # not streamable: fall back to one load
+                arr = np.load(self.path, allow_pickle=False)[self.key]
                 for s in range(start, stop, batch):
                     yield arr[s:min(s + batch, stop)]
                 return
@@ -94,9 +96,12 @@ def iter_npz(path: str | Path, batch: int = 64, limit: int | None = None) -> Ite
     stream = NpzArrayStream(path, "arr_0")
     keys = set(npz_keys(path))
     small = np.load(path, allow_pickle=False)
-    labels = small["arr_1"] if "arr_1" in keys else None
-    captions = small["captions"] if "captions" in keys else None
-    seeds = small["seeds"] if "seeds" in keys else None
+    try:
+        labels = small["arr_1"] if "arr_1" in keys else None
+        captions = small["captions"] if "captions" in keys else None
+        seeds = small["seeds"] if "seeds" in keys else None
+    except ValueError as err:  # an object array: numpy refuses to unpickle it
+        raise ConfigError(f"samples file {path}: {err}") from None
     s = 0
     for arr in stream.batches(batch, stop=limit):
         n = arr.shape[0]

@@ -55,7 +55,8 @@ class TrainedExtractor:
 
     @classmethod
     def load(cls, path: Path, family: str, extractor_id: str, device="cpu") -> "TrainedExtractor":
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        from bench.safeload import torch_load
+        blob = torch_load(path, "trained extractor", hint="retrain it with `bench assets train-extractor`")
         net = SmallCNN(**blob["arch"])
         net.load_state_dict(blob["state_dict"])
         return cls(net, family, extractor_id, {k: v for k, v in blob.items() if k != "state_dict"}, device)
