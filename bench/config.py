@@ -11,6 +11,9 @@ from bench.data.spec import DatasetSpec
 from bench.method import ConfigError, validate_model
 
 
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
@@ -40,6 +43,20 @@ class TrainConfig(Strict):
     threads: int | None = Field(None, ge=1, description="CPU intra-op threads (None: torch's default); "
                                                          "float results depend on it, so pin it to compare runs")
     progress: bool = True
+    # Watching a run (bench/loggers.py, bench/preview.py): rank 0 only; they never touch the training RNG.
+    loggers: list[str] = Field(default_factory=lambda: ["jsonl"],
+                               description="where scalars go: jsonl (always on), tensorboard, wandb (offline)")
+    preview_images: int | None = Field(None, gt=0, description="an EMA sample grid every N images (None = off)")
+    preview_grid: int = Field(16, ge=1, le=256, description="images per preview grid: seeds 0 .. N-1, every time")
+    preview_steps: int | None = Field(None, ge=1, description="sampler steps for previews (None: method default)")
+
+    @field_validator("loggers")
+    @classmethod
+    def _known_loggers(cls, v: list[str]) -> list[str]:
+        bad = [x for x in v if x not in LOGGERS]
+        if bad:
+            raise ValueError(f"unknown logger {bad[0]!r}; allowed: {', '.join(LOGGERS)}")
+        return ["jsonl"] + [x for x in LOGGERS[1:] if x in v]      # jsonl always on, no duplicates
 
     @field_validator("ema_halflife_kimg")
     @classmethod

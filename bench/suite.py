@@ -24,7 +24,7 @@ from bench.config import RunConfig, deep_merge, parse_overrides, set_dotted
 from bench.method import ConfigError, get_method_class, load_all, resolve_method_config, validate_model
 
 # train.* fields that change how a run is executed, not what it computes: not part of the cell id.
-EXECUTION_ONLY = ("progress", "workers", "device")
+EXECUTION_ONLY = ("progress", "workers", "device", "loggers", "preview_images", "preview_grid", "preview_steps")
 EXECUTORS = ("local", "slurm")
 
 

@@ -23,6 +23,7 @@ from bench.data.spec import build_dataset
 from bench.data.stream import make_loader
 from bench.ema import EMA
 from bench.io import append_jsonl, atomic_write_json, atomic_write_text
+from bench.loggers import RunLoggers
 from bench.method import Batch, Method, Stage, build_method
 
 _STOP = {"requested": False}
@@ -167,6 +168,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_after_images: int | None 
 
     autocast = device.type == "cuda" and t.precision in ("auto", "bf16")
     _STOP["requested"] = False
+    loggers = RunLoggers(run_dir, cfg, rank, start_images=images)   # TensorBoard / wandb / previews
     total = sum(budgets)
     bar = None
     if t.progress and rank == 0:
@@ -190,7 +192,8 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_after_images: int | None 
                 continue
             out = _run_stage(cfg, method, ema, stage, stage_idx, budgets[stage_idx], stage_done, images, flops,
                              state if state and state["stage_idx"] == stage_idx else None,
-                             dataset, store, run_dir, device, rank, world, autocast, bar, stop_after_images)
+                             dataset, store, run_dir, device, rank, world, autocast, bar, stop_after_images,
+                             loggers)
             state = None
             stage_done, images, flops, stopped = out
             if stopped:
@@ -199,6 +202,7 @@ def train(cfg: RunConfig, run_dir: str | Path, *, stop_after_images: int | None 
         else:
             result = {"done": True}
     finally:
+        loggers.close()
         if bar is not None:
             bar.close()
     result.update(images=images, flops=flops, stage=stages[min(stage_idx, len(stages) - 1)].name,
@@ -220,7 +224,7 @@ def _save(store, method, ema, opt, stage_idx, stage_done, images, flops, rank) -
 
 
 def _run_stage(cfg, method, ema, stage, stage_idx, budget, stage_done, images, flops, state, dataset, store,
-               run_dir, device, rank, world, autocast, bar, stop_after_images):
+               run_dir, device, rank, world, autocast, bar, stop_after_images, loggers):
     t = cfg.train
     opt, params = build_optimizer(method, stage, cfg)
     if state is not None and state.get("optimizer") is not None:
@@ -282,13 +286,16 @@ def _run_stage(cfg, method, ema, stage, stage_idx, budget, stage_done, images, f
             stop = bool(flag.item())
         if rank == 0 and (images >= next_log or stage_done >= budget or stop):
             now = time.perf_counter()
-            append_jsonl(run_dir / "log.jsonl", {
+            record = {
                 "images": images, "stage": stage.name, "stage_images": stage_done, "lr": lr,
                 **{k: v / acc_n for k, v in acc.items()},
                 "img_per_s": (images - tick_images) / max(now - tick, 1e-9), "flops": flops,
-                "time": time.time()})
+                "time": time.time()}
+            append_jsonl(run_dir / "log.jsonl", record)
+            loggers.scalars(record)
             acc, acc_n, tick, tick_images = {}, 0, now, images
             next_log = (images // t.log_images + 1) * t.log_images
+        loggers.preview(method, ema, images)    # every train.preview_images images, rank 0; own RNG
         if images >= next_ckpt or stage_done >= budget or stop:
             _save(store, method, ema, opt, stage_idx, stage_done, images, flops, rank)
             next_ckpt = (images // t.checkpoint_images + 1) * t.checkpoint_images
