@@ -192,3 +192,49 @@ def test_other_ranks_write_nothing(tmp_path):
     lg.preview(None, None, 8)
     lg.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def _fake_cell(root: Path, name: str, state: str, total: int, records: list[dict]) -> Path:
+    import yaml
+
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "cell.yaml").write_text(yaml.safe_dump({"label": name, "run": {"stage_images": [total // 2, total // 2]}}))
+    (d / "status").write_text(state + "\n")
+    for r in records:
+        append_jsonl(d / "log.jsonl", r)
+    return d
+
+
+def test_read_log_resolves_requeue_rewinds(tmp_path):
+    from bench.progress import read_log
+
+    p = tmp_path / "log.jsonl"
+    for i, pid in ((4, 1), (8, 1), (12, 1), (8, 2), (12, 2), (16, 2)):   # process 2 restarted from 4
+        append_jsonl(p, {"images": i, "loss": float(i), "pid": pid})
+    with p.open("a") as f:
+        f.write('{"images": 2')                         # a line being written
+    assert [(r["images"], r["pid"]) for r in read_log(p)] == [(4, 1), (8, 2), (12, 2), (16, 2)]
+
+
+def test_status_shows_loss_rate_eta_and_plots(tmp_path, capsys):
+    from bench.commands.status import status
+    from bench.progress import format_eta
+
+    recs = [{"images": i, "stage": "base" if i <= 400 else "nest", "loss": 1.0 / i, "img_per_s": 50.0}
+            for i in range(100, 700, 100)]
+    _fake_cell(tmp_path, "a-running", "training", 1600, recs)
+    _fake_cell(tmp_path, "b-done", "done", 600, recs)
+    _fake_cell(tmp_path, "c-pending", "pending", 600, [])
+    out_png = tmp_path / "plots" / "loss.png"
+    assert status(type("A", (), {"suite": str(tmp_path), "plot": str(out_png)})()) == 0
+    lines = {ln.split()[0]: ln for ln in capsys.readouterr().out.splitlines() if ln.strip()}
+    run = lines["a-running"]
+    # 600 of 1600 images done at 50 img/s: 1000 / 50 = 20 s left
+    assert "600/1600 img (38%)" in run and "loss 0.001667" in run and "50.0 img/s" in run
+    assert f"train ETA {format_eta(20.0)}" in run and format_eta(20.0) == "0:00:20"
+    assert "loss 0.001667" in lines["b-done"] and "img/s" not in lines["b-done"]
+    assert "loss" not in lines["c-pending"]
+    img = Image.open(out_png)
+    assert img.format == "PNG" and img.size[0] > 300
+    assert format_eta(3 * 3600 + 5 * 60 + 7.4) == "3:05:07" and format_eta(None) == "-"
