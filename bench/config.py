@@ -12,6 +12,9 @@ from bench.method import ConfigError, validate_model
 from bench.safeload import load_yaml, yaml_value
 
 
+LOGGERS = ("jsonl", "tensorboard", "wandb")
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
@@ -48,6 +51,20 @@ class TrainConfig(Strict):
                        description="optimizer = ZeRO-1 (each rank keeps 1/W of the Adam state); checkpoints "
                                    "hold the full state, so a run resumes on any world size")
     bucket_mb: float = Field(25.0, gt=0, description="gradient all-reduce bucket size (overlaps backward)")
+    # Watching a run (bench/loggers.py, bench/preview.py): rank 0 only; they never touch the training RNG.
+    loggers: list[str] = Field(default_factory=lambda: ["jsonl"],
+                               description="where scalars go: jsonl (always on), tensorboard, wandb (offline)")
+    preview_images: int | None = Field(None, gt=0, description="an EMA sample grid every N images (None = off)")
+    preview_grid: int = Field(16, ge=1, le=256, description="images per preview grid: seeds 0 .. N-1, every time")
+    preview_steps: int | None = Field(None, ge=1, description="sampler steps for previews (None: method default)")
+
+    @field_validator("loggers")
+    @classmethod
+    def _known_loggers(cls, v: list[str]) -> list[str]:
+        bad = [x for x in v if x not in LOGGERS]
+        if bad:
+            raise ValueError(f"unknown logger {bad[0]!r}; allowed: {', '.join(LOGGERS)}")
+        return ["jsonl"] + [x for x in LOGGERS[1:] if x in v]      # jsonl always on, no duplicates
 
     @field_validator("ema_halflife_kimg")
     @classmethod

@@ -113,9 +113,8 @@ def save_npz(path: str | Path, images: np.ndarray, labels: np.ndarray | None, se
     return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def save_grid(path: str | Path, images: np.ndarray, max_images: int = 64) -> Path:
-    from PIL import Image
-
+def make_grid(images: np.ndarray, max_images: int = 64) -> np.ndarray:
+    """uint8 NHWC -> one uint8 HWC image: a near-square grid, row by row, white where it runs short."""
     imgs = images[:max_images]
     n = len(imgs)
     cols = int(np.ceil(np.sqrt(n)))
@@ -125,8 +124,19 @@ def save_grid(path: str | Path, images: np.ndarray, max_images: int = 64) -> Pat
     for i, im in enumerate(imgs):
         r, q = divmod(i, cols)
         grid[r * h:(r + 1) * h, q * w:(q + 1) * w] = im
-    pil = Image.fromarray(grid.squeeze(-1) if c == 1 else grid)
+    return grid
+
+
+def save_png(path: str | Path, image: np.ndarray) -> Path:
+    """One uint8 HWC image (C = 1 or 3) as a PNG, atomically."""
+    from PIL import Image
+
+    pil = Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
     return atomic_write(path, lambda f: pil.save(f, format="PNG"))
+
+
+def save_grid(path: str | Path, images: np.ndarray, max_images: int = 64) -> Path:
+    return save_png(path, make_grid(images, max_images))
 
 
 def captions_for_seeds(cfg: RunConfig, seeds: Sequence[int]) -> tuple[torch.Tensor, list[str]]:

@@ -24,7 +24,8 @@ from bench.method import ConfigError, get_method_class, load_all, resolve_method
 from bench.safeload import load_yaml
 
 # train.* fields that change how a run is executed, not what it computes: not part of the cell id.
-EXECUTION_ONLY = ("progress", "workers", "device")
+EXECUTION_ONLY = ("progress", "workers", "device", "loggers", "preview_images", "preview_grid", "preview_steps",
+                  "bucket_mb")   # how a run executes, not what it trains: toggling them keeps the cell id
 EXECUTORS = ("local", "slurm")
 
 

@@ -31,6 +31,7 @@ from bench.data.stream import make_loader
 from bench.distributed import GradSync, distributed
 from bench.ema import EMA
 from bench.io import append_jsonl, atomic_write_json, atomic_write_text
+from bench.loggers import RunLoggers
 from bench.method import Batch, Method, Stage, build_method
 
 _STOP = {"requested": False}
@@ -226,6 +227,7 @@ def _train(cfg: RunConfig, run_dir: Path, device: torch.device, rank: int, world
 
     autocast = device.type == "cuda" and t.precision in ("auto", "bf16")
     _STOP["requested"] = False
+    loggers = RunLoggers(run_dir, cfg, rank, start_images=images)   # TensorBoard / wandb / previews
     total = sum(budgets)
     bar = None
     if t.progress and rank == 0:
@@ -249,7 +251,8 @@ def _train(cfg: RunConfig, run_dir: Path, device: torch.device, rank: int, world
                 continue
             out = _run_stage(cfg, method, ema, stage, stage_idx, budgets[stage_idx], stage_done, images, flops,
                              state if state and state["stage_idx"] == stage_idx else None,
-                             dataset, store, run_dir, device, rank, world, autocast, bar, stop_after_images)
+                             dataset, store, run_dir, device, rank, world, autocast, bar, stop_after_images,
+                             loggers)
             state = None
             stage_done, images, flops, stopped = out
             if stopped:
@@ -258,6 +261,7 @@ def _train(cfg: RunConfig, run_dir: Path, device: torch.device, rank: int, world
         else:
             result = {"done": True}
     finally:
+        loggers.close()
         if bar is not None:
             bar.close()
     result.update(images=images, flops=flops, stage=stages[min(stage_idx, len(stages) - 1)].name,
@@ -301,7 +305,7 @@ def _sync_read(flags: torch.Tensor, acc: dict[str, Any], n: int) -> tuple[list[f
 
 
 def _run_stage(cfg, method, ema, stage, stage_idx, budget, stage_done, images, flops, state, dataset, store,
-               run_dir, device, rank, world, autocast, bar, stop_after_images):
+               run_dir, device, rank, world, autocast, bar, stop_after_images, loggers):
     t = cfg.train
     opt, params = build_optimizer(method, stage, cfg, world)
     if state is not None and state.get("optimizer") is not None:
@@ -375,15 +379,18 @@ def _run_stage(cfg, method, ema, stage, stage_idx, budget, stage_done, images, f
                 stop = stop or bool(requested)
                 if rank == 0 and (at_log or stop):
                     now = time.perf_counter()
-                    append_jsonl(run_dir / "log.jsonl", {
+                    record = {
                         "images": images, "stage": stage.name, "stage_images": stage_done, "lr": lr, **means,
                         "img_per_s": (images - tick_images) / max(now - tick, 1e-9), "flops": flops,
-                        "time": time.time()})
+                        "time": time.time()}
+                    append_jsonl(run_dir / "log.jsonl", record)
+                    loggers.scalars(record)
                     if bar is not None:
                         bar.set_postfix(stage=stage.name, loss=f"{means['loss']:.4f}", refresh=False)
                 if at_log or stop:
                     acc, acc_n, tick, tick_images = {}, 0, time.perf_counter(), images
                     next_log = (images // t.log_images + 1) * t.log_images
+            loggers.preview(method, ema, images)    # every train.preview_images images, rank 0; own RNG
                 if at_ckpt or stop:
                     _save(store, method, ema, opt, stage_idx, stage_done, images, flops, rank)
                     next_ckpt = (images // t.checkpoint_images + 1) * t.checkpoint_images

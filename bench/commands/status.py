@@ -8,6 +8,7 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="stage, progress, job ids and failure reasons of a suite's cells")
     p.add_argument("suite", help="suite YAML file or its results folder")
+    p.add_argument("--plot", metavar="FILE", help="also write a PNG of every cell's training-loss curve")
     p.set_defaults(func=status)
     c = sub.add_parser("cancel", help="cancel a suite's queued and running SLURM jobs")
     c.add_argument("suite", help="suite YAML file or its results folder")
@@ -56,6 +57,7 @@ def _job_text(jid: str, states: dict[str, dict[str, str]]) -> str:
 
 def status(args: argparse.Namespace) -> int:
     from bench.launch import scheduler_states
+    from bench.progress import cell_progress, format_eta, plot_loss_curves
     from bench.store import cell_folders
 
     root = resolve_root(args.suite)
@@ -74,8 +76,16 @@ def status(args: argparse.Namespace) -> int:
         done_img = rf.train_summary().get("images") or rf.last_log().get("images") or 0
         ids = job_ids(rf)
         jobs = " ".join(f"{k}=" + ",".join(_job_text(j, states) for j in v) for k, v in ids.items() if v)
+        live = cell_progress(rf, total)
+        if st == "training" and live["images"] is not None:
+            done_img = live["images"]          # train_summary.json is the previous process's, if any
         prog = f"{done_img}/{total} img ({done_img / total:.0%})" if total else "-"
-        print(f"{rf.path.name:<28} {st:<10} {prog:<24} {jobs}")
+        watch = ""
+        if live["loss"] is not None:
+            watch = f"loss {live['loss']:.4g}"
+        if st == "training" and live["img_per_s"]:
+            watch += f"  {live['img_per_s']:.1f} img/s  train ETA {format_eta(live['eta_s'])}"
+        print(f"{rf.path.name:<28} {st:<10} {prog:<24} {watch:<40} {jobs}".rstrip())
         if st == "failed" or any(states.get(j, {}).get("state", "").startswith(("FAILED", "TIMEOUT", "CANCELLED"))
                                  for v in ids.values() for j in v):
             sub = {j: states[j] for v in ids.values() for j in v if j in states}
@@ -83,6 +93,8 @@ def status(args: argparse.Namespace) -> int:
             if why:
                 print(f"    reason: {why}")
     print("; ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+    if getattr(args, "plot", None):
+        print(f"loss curves: {plot_loss_curves(folders, args.plot, title=f'{root.name}: training loss')}")
     return 0
 
 
