@@ -241,7 +241,7 @@ class _Consistency(Method):
         if not 0 < share < 1:
             raise ConfigError(f"{self.name}: teacher_share: expected in (0, 1), got {share}")
         teacher = Stage("teacher", share, res, trainable=("teacher",),
-                        lr_mult={"teacher": self.config.teacher_lr_mult})
+                        lr_mult={"teacher": self.config.teacher_lr_mult}, enter=self._load_distance)
         main.share, main.enter = 1.0 - share, self._init_from_teacher
         return [teacher, main]
 
@@ -282,13 +282,19 @@ class _Consistency(Method):
     def consistency_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def _load_distance(self) -> None:
+        """Load the LPIPS network once (also on entering the teacher stage, so a missing asset stops a run
+        before the teacher is trained rather than after)."""
+        cfg = self.config
+        if cfg.metric == "lpips" and self._lpips is None:
+            self._lpips = LPIPSDistance(load_lpips_network(cfg.assets, cfg.lpips_pooling), cfg.lpips_resize)
+
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Per-example d(a, b) of the configured metric; LPIPS from the asset folder, loaded once."""
+        """Per-example d(a, b) of the configured metric (LPIPS: from the asset folder)."""
         cfg = self.config
         if cfg.metric != "lpips":
             return consistency_distance(a, b, cfg.metric, cfg.huber_c)
-        if self._lpips is None:
-            self._lpips = LPIPSDistance(load_lpips_network(cfg.assets, cfg.lpips_pooling), cfg.lpips_resize)
+        self._load_distance()
         return self._lpips(a, b)
 
     def _grid(self, n: int, device: torch.device) -> torch.Tensor:
