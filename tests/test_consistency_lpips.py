@@ -92,7 +92,7 @@ def test_avg_pooling_is_the_official_piq_lpips_with_replace_pooling(lpips_assets
     """piq's LPIPS(replace_pooling=True, reduction="none") is ContentLoss over torchvision's VGG16 features
     (relu1_2…relu5_3, unit-normalised, head-weighted MSE) of (x+1)/2 with ImageNet mean/std; piq.LPIPS itself
     only adds the download of both weight files, so its ContentLoss is built here on the same random files."""
-    piq = pytest.importorskip("piq")
+    import piq                                           # test extra (pyproject), the official code's package
     import torchvision
 
     trunk, heads = states

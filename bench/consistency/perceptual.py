@@ -162,7 +162,10 @@ class LPIPSDistance:
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self.net.to(a.device)          # no-op once there
-        return self.net(lpips_inputs(a, self.resize), lpips_inputs(b, self.resize)).reshape(a.shape[0])
+        # float32 outside any autocast: the official UNet returns float32 and piq casts LPIPS to its input
+        with torch.autocast(a.device.type, enabled=False):
+            a, b = (lpips_inputs(x.float(), self.resize) for x in (a, b))
+            return self.net(a, b).reshape(a.shape[0])
 
 
 # ---- random weights in the real layout (tests, CPU sanity runs) ------------------------------------
@@ -184,6 +187,15 @@ def random_lpips_states(seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[st
         trunk[f"features.{i}.bias"] = torch.zeros(cout)
     heads = {f"lin{k}.model.1.weight": torch.rand(1, c, 1, 1, generator=g) for k, c in enumerate(VGG16_CHANNELS)}
     return trunk, heads
+
+
+def random_lpips_overrides(root: str | Path, seed: int = 0, resize: int = 0) -> dict[str, Any]:
+    """Stage random LPIPS weights under ``root`` and return the CM method_config overrides that use them
+    (CPU-scale runs: ``resize=0`` feeds images at their own size instead of the official 224 px)."""
+    from bench.metrics.assets import AssetFolder
+
+    stage_random_lpips(AssetFolder(root), seed)
+    return {"metric": "lpips", "assets": str(root), "lpips_resize": int(resize)}
 
 
 def stage_random_lpips(folder, seed: int = 0) -> None:
