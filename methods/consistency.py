@@ -27,11 +27,13 @@ Open choices, written down:
   (128 ch, mult 2,2,2, 4 blocks, attention at 16) without its FIR / Fourier features;
 - ``metric="lpips"`` is the official code's distance (bench.consistency.perceptual): piq's VGG LPIPS with
   average pooling (``replace_pooling=True``) on both images bilinearly resized to 224 px when smaller than
-  256 px; weights only from the asset folder (`bench assets fetch lpips-vgg16 lpips-vgg-lin`). The network is
-  a plain attribute loaded at the first loss, outside ``modules()``: not optimised, not in the EMA, not
-  checkpointed; its forward (and the backward through the student branch) is inside ``loss`` and so in
-  the measured training FLOPs. The ImageNet-64 / LSUN CT presets and the ImageNet-64 CD preset are the
-  LPIPS launch lines; ``imagenet64-l2`` / ``lsun256`` (CD) are the released ``*_l2`` runs;
+  256 px, in float32; weights only from the asset folder (`bench assets fetch lpips-vgg16 lpips-vgg-lin`).
+  The network is a plain attribute loaded on entering the teacher stage or at the first loss, outside
+  ``modules()``: not optimised, not in the EMA, not checkpointed; its forward (and the backward through
+  the student branch) is inside ``loss`` and so in the measured training FLOPs. ``lpips_pooling="max"``
+  (the LPIPS paper's network) and ``lpips_resize`` (0 = native size, for CPU-scale runs) are deviations
+  by choice. CT ``imagenet64`` / ``lsun256`` and CD ``imagenet64`` / ``lsun256-lpips`` are the LPIPS launch
+  lines of scripts/launch.sh; CD ``imagenet64-l2`` / ``lsun256`` are the released ``*_l2`` runs;
 - CIFAR-10 presets keep l2 (the JAX repo's LPIPS is not reproduced here) and declare no published number;
 - the distance is the per-example mean (l2/l1, as the official ``mean_flat``) or whole-image
   pseudo-Huber (iCT); the loss is its batch mean, λ ≡ 1 for CD/CT;
