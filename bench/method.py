@@ -127,6 +127,9 @@ class Method:
     # Overrides that switch off dropout-like randomness drawn from the global RNG; used by the DDP
     # equivalence test (ranks draw dropout masks for different examples than one process would).
     deterministic_overrides: ClassVar[dict[str, Any]] = {}
+    # preset -> the `key` of the bench/published.csv rows it reproduces (bench.published); presets not
+    # listed are shown beside no published number.
+    published_keys: ClassVar[dict[str, str]] = {}
     # False for methods that map an input to an image (a decoder) rather than generate from noise alone:
     # suites' `method: all` leaves them out of unconditional generation comparisons.
     generative: ClassVar[bool] = True

@@ -24,7 +24,8 @@ def _metric_cols(df) -> list[str]:
 
 
 def comparison_table(df, published: dict[str, dict[str, float]] | None = None):
-    """One row per (cell, sampling setting): config, FLOPs budget vs spent, NFE, metrics, paper's numbers."""
+    """One row per (cell, sampling setting): config, FLOPs budget vs spent, NFE, metrics, paper's numbers
+    (the suite's ``published`` by label, then bench/published.csv rows of the setting the preset declares)."""
     import pandas as pd
 
     if df.empty:
@@ -39,6 +40,8 @@ def comparison_table(df, published: dict[str, dict[str, float]] | None = None):
             if col not in table.columns:
                 table[col] = None
             table.loc[table["label"] == label, col] = value
+    from bench.published import join_declared    # the setting each row's preset declares (published.csv)
+    table = join_declared(table, df, metrics)
     return table.sort_values([c for c in ("dataset", "label", "seed", "steps", "guidance") if c in table.columns],
                              na_position="last").reset_index(drop=True)
 

@@ -25,8 +25,16 @@ same doubling schedule.
 Open choices, written down:
 - networks are the project's ADM-family UNet (bench.nets.unet); CIFAR-10 presets approximate NCSN++
   (128 ch, mult 2,2,2, 4 blocks, attention at 16) without its FIR / Fourier features;
-- LPIPS (the paper's CD/CT metric on CIFAR-10 and its LPIPS ImageNet runs) is not implemented: presets use
-  l2 (the released `*_l2` checkpoints' metric) and the index lists of the l2 runs where the card has them;
+- ``metric="lpips"`` is the official code's distance (bench.consistency.perceptual): piq's VGG LPIPS with
+  average pooling (``replace_pooling=True``) on both images bilinearly resized to 224 px when smaller than
+  256 px, in float32; weights only from the asset folder (`bench assets fetch lpips-vgg16 lpips-vgg-lin`).
+  The network is a plain attribute loaded on entering the teacher stage or at the first loss, outside
+  ``modules()``: not optimised, not in the EMA, not checkpointed; its forward (and the backward through
+  the student branch) is inside ``loss`` and so in the measured training FLOPs. ``lpips_pooling="max"``
+  (the LPIPS paper's network) and ``lpips_resize`` (0 = native size, for CPU-scale runs) are deviations
+  by choice. CT ``imagenet64`` / ``lsun256`` and CD ``imagenet64`` / ``lsun256-lpips`` are the LPIPS launch
+  lines of scripts/launch.sh; CD ``imagenet64-l2`` / ``lsun256`` are the released ``*_l2`` runs;
+- CIFAR-10 presets keep l2 (the JAX repo's LPIPS is not reproduced here) and declare no published number;
 - the distance is the per-example mean (l2/l1, as the official ``mean_flat``) or whole-image
   pseudo-Huber (iCT); the loss is its batch mean, λ ≡ 1 for CD/CT;
 - one trainer batch / optimizer for both stages of `cd`: the teacher's learning rate is
@@ -52,10 +60,14 @@ from bench.consistency.cm import (METRICS, boundary_denoise, check_index_list, c
                                   cm_time_input, ict_num_scales, ict_weights, karras_grid, lognormal_index_probs,
                                   multistep_sample, parse_index_list, rng_restore, rng_snapshot, sample_from_probs,
                                   spaced_indices, teacher_ode_step)
+from bench.consistency.perceptual import POOLINGS, LPIPSDistance, load_lpips_network
 from bench.diffusion.edm import edm_precond
 from bench.diffusion.rng import StackedRandom
 from bench.method import Batch, Condition, ConfigError, Method, MethodConfig, Stage, register
 from methods.edm import EDMDenoiser, edm_loss
+
+
+DISTANCES = (*METRICS, "lpips")
 
 
 class CMConfig(MethodConfig):
@@ -66,15 +78,32 @@ class CMConfig(MethodConfig):
     sigma_min: float = 0.002
     sigma_max: float = 80.0
     rho: float = 7.0
-    metric: str = "l2"
+    metric: str = "l2"                    # l2 | l1 | pseudo_huber | lpips
     huber_c: float | None = None          # pseudo-Huber c; None = 0.00054·√D
+    lpips_resize: int = 224               # lpips: images < 256 px are resized to this first (official); 0 = never
+    lpips_pooling: str = "avg"            # lpips: "avg" = the official piq replace_pooling=True; "max" = LPIPS paper
+    assets: str | None = None             # asset folder of the lpips weights; None = $BENCH_ASSETS or ./assets
     sampling_ts: str | None = None        # index list on the sampling grid, e.g. "0,22,39"; None = one step
 
     @field_validator("metric")
     @classmethod
     def _metric(cls, v: str) -> str:
-        if v not in METRICS:
-            raise ValueError(f"expected one of {', '.join(METRICS)}")
+        if v not in DISTANCES:
+            raise ValueError(f"expected one of {', '.join(DISTANCES)}")
+        return v
+
+    @field_validator("lpips_resize")
+    @classmethod
+    def _resize(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("expected >= 0 (0 = feed the images at their own size)")
+        return v
+
+    @field_validator("lpips_pooling")
+    @classmethod
+    def _pooling(cls, v: str) -> str:
+        if v not in POOLINGS:
+            raise ValueError(f"expected one of {', '.join(POOLINGS)}")
         return v
 
     @field_validator("sampling_ts")
@@ -185,6 +214,7 @@ class _Consistency(Method):
             self.target.load_state_dict(self.student.state_dict())
             self.target.requires_grad_(False)
         self._fraction = 0.0
+        self._lpips: LPIPSDistance | None = None   # loaded at the first lpips loss; never in modules()
 
     # ---- structure -----------------------------------------------------------------------------
     def uses_teacher(self) -> bool:
@@ -213,7 +243,7 @@ class _Consistency(Method):
         if not 0 < share < 1:
             raise ConfigError(f"{self.name}: teacher_share: expected in (0, 1), got {share}")
         teacher = Stage("teacher", share, res, trainable=("teacher",),
-                        lr_mult={"teacher": self.config.teacher_lr_mult})
+                        lr_mult={"teacher": self.config.teacher_lr_mult}, enter=self._load_distance)
         main.share, main.enter = 1.0 - share, self._init_from_teacher
         return [teacher, main]
 
@@ -254,6 +284,21 @@ class _Consistency(Method):
     def consistency_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
+    def _load_distance(self) -> None:
+        """Load the LPIPS network once (also on entering the teacher stage, so a missing asset stops a run
+        before the teacher is trained rather than after)."""
+        cfg = self.config
+        if cfg.metric == "lpips" and self._lpips is None:
+            self._lpips = LPIPSDistance(load_lpips_network(cfg.assets, cfg.lpips_pooling), cfg.lpips_resize)
+
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-example d(a, b) of the configured metric (LPIPS: from the asset folder)."""
+        cfg = self.config
+        if cfg.metric != "lpips":
+            return consistency_distance(a, b, cfg.metric, cfg.huber_c)
+        self._load_distance()
+        return self._lpips(a, b)
+
     def _grid(self, n: int, device: torch.device) -> torch.Tensor:
         c = self.config
         return karras_grid(n, c.sigma_min, c.sigma_max, c.rho).to(device=device, dtype=torch.float32)
@@ -261,7 +306,7 @@ class _Consistency(Method):
     def _paired_loss(self, batch: Batch, n_scales: int, x_next_fn) -> tuple[torch.Tensor, dict[str, float]]:
         """CD / CT: n ~ U{0..N−2}, student at t = t_n (larger σ), EMA target at t2 = t_{n+1} on
         ``x_next_fn(x_t, t, t2, y, z)``; student and target passes replay the same dropout masks."""
-        cfg, y, rng = self.config, batch.top(), batch.rng
+        y, rng = batch.top(), batch.rng
         grid = self._grid(n_scales, y.device)
         idx = rng.randint(0, n_scales - 1, (y.shape[0],)).to(y.device)
         t, t2 = grid[idx], grid[idx + 1]
@@ -274,7 +319,7 @@ class _Consistency(Method):
             x_t2 = x_next_fn(x_t, t, t2, y, z)
             rng_restore(state, y.device)
             target = self.target(x_t2, t2, batch.labels)
-        d = consistency_distance(out, target, cfg.metric, cfg.huber_c)
+        d = self.distance(out, target)
         return d.mean(), {"num_scales": float(n_scales), "target_ema": self.target_rate()}
 
     # ---- sampling ----------------------------------------------------------------------------------
@@ -304,6 +349,11 @@ class _Consistency(Method):
         return x.float().clamp(-1, 1), nfe
 
 
+_CD_IN64 = dict(resolution=64, conditioning="class", num_classes=1000, unet="adm64", num_scales=40, target_ema=0.95,
+                sampling_ts="0,22,39", teacher_share=0.67, teacher_lr_mult=12.5)
+_CD_LSUN = dict(resolution=256, unet="adm256", num_scales=40, target_ema=0.95, teacher_share=0.5, teacher_lr_mult=10.0)
+
+
 @register
 class ConsistencyDistillation(_Consistency):
     name = "cd"
@@ -316,17 +366,27 @@ class ConsistencyDistillation(_Consistency):
                         unet_overrides=dict(model_channels=128, channel_mult=(2, 2, 2), num_blocks=4,
                                             attn_resolutions=(16,), channels_per_head=64),
                         teacher_dropout=0.13, teacher_share=0.33, teacher_lr_mult=2.5),
-        "imagenet64": dict(resolution=64, conditioning="class", num_classes=1000, unet="adm64", num_scales=40,
-                           target_ema=0.95, sampling_ts="0,22,39", teacher_share=0.67, teacher_lr_mult=12.5),
-        "lsun256": dict(resolution=256, unet="adm256", num_scales=40, target_ema=0.95, sampling_ts="0,18,39",
-                        teacher_share=0.5, teacher_lr_mult=10.0),
+        # scripts/launch.sh "L_CD^N (LPIPS) on ImageNet-64": --loss_norm lpips --start_scales 40 --start_ema 0.95
+        # --global_batch_size 2048 --lr 0.000008 --total_training_steps 600000 --teacher_model_path
+        # edm_imagenet64_ema.pt --dropout 0.0 --teacher_dropout 0.1; two-step --ts 0,22,39 (CARDS.md §7.1)
+        "imagenet64": dict(_CD_IN64, metric="lpips"),
+        # the same launch line with --loss_norm l2: the released cd_imagenet64_l2 (same --ts 0,22,39)
+        "imagenet64-l2": dict(_CD_IN64, metric="l2"),
+        # "L_CD^N (l2) on LSUN 256": the released cd_bedroom256_l2, --ts 0,18,39
+        "lsun256": dict(_CD_LSUN, metric="l2", sampling_ts="0,18,39"),
+        # "L_CD^N (LPIPS) on LSUN 256" (no resize at 256 px), --ts 0,17,39
+        "lsun256-lpips": dict(_CD_LSUN, metric="lpips", sampling_ts="0,17,39"),
     }
     train_defaults = {
         "cpu-tiny": dict(batch=32, lr=2e-4, warmup_images=2_000, ema_halflife_kimg=[5.0]),
         "cifar10": _paper_train(512, 4e-4, 800_000, 200e6, optimizer="radam", warmup_images=10_000_000),
         "imagenet64": _paper_train(2048, 8e-6, 600_000, 2.5e9, warmup_images=0),
+        "imagenet64-l2": _paper_train(2048, 8e-6, 600_000, 2.5e9, warmup_images=0),
         "lsun256": _paper_train(256, 1e-5, 600_000, 600_000 * 256, warmup_images=0),
+        "lsun256-lpips": _paper_train(256, 1e-5, 600_000, 600_000 * 256, warmup_images=0),
     }
+    # CM abstract (1-step 6.20) / sCM Table 1 (2-step 4.70): the LPIPS run; no published l2 ImageNet number
+    published_keys = {"imagenet64": "cd-lpips-imagenet64"}
     deterministic_overrides = {"dropout": 0.0, "teacher_dropout": 0.0}
 
     def uses_teacher(self) -> bool:
@@ -357,11 +417,16 @@ class ConsistencyTraining(_Consistency):
         "cifar10": dict(resolution=32, unet="cpu-tiny", start_scales=2, end_scales=150, start_ema=0.9,
                         unet_overrides=dict(model_channels=128, channel_mult=(2, 2, 2), num_blocks=4,
                                             attn_resolutions=(16,), channels_per_head=64)),
-        "imagenet64": dict(resolution=64, conditioning="class", num_classes=1000, unet="adm64", start_scales=2,
-                           end_scales=200, start_ema=0.95, sampling_ts="0,106,200", init_from_teacher=True,
-                           teacher_share=0.6, teacher_lr_mult=1.0),
-        "lsun256": dict(resolution=256, unet="adm256", start_scales=2, end_scales=150, start_ema=0.95,
-                        sampling_ts="0,67,150", init_from_teacher=True, teacher_share=0.5, teacher_lr_mult=2.0),
+        # scripts/launch.sh "L_CT^N on ImageNet-64": --loss_norm lpips --start_scales 2 --end_scales 200
+        # --start_ema 0.95 --global_batch_size 2048 --lr 0.0001 --total_training_steps 800000
+        # --teacher_model_path edm_imagenet64_ema.pt (student starts from it); --ts 0,106,200 (CARDS.md §7.1)
+        "imagenet64": dict(resolution=64, conditioning="class", num_classes=1000, unet="adm64", metric="lpips",
+                           start_scales=2, end_scales=200, start_ema=0.95, sampling_ts="0,106,200",
+                           init_from_teacher=True, teacher_share=0.6, teacher_lr_mult=1.0),
+        # "L_CT^N on LSUN 256": --loss_norm lpips --end_scales 150 --lr 0.00005, 1M steps; Bedroom --ts 0,67,150
+        "lsun256": dict(resolution=256, unet="adm256", metric="lpips", start_scales=2, end_scales=150,
+                        start_ema=0.95, sampling_ts="0,67,150", init_from_teacher=True, teacher_share=0.5,
+                        teacher_lr_mult=2.0),
     }
     train_defaults = {
         "cpu-tiny": dict(batch=32, lr=2e-4, warmup_images=2_000, ema_halflife_kimg=[5.0]),
@@ -369,6 +434,8 @@ class ConsistencyTraining(_Consistency):
         "imagenet64": _paper_train(2048, 1e-4, 800_000, 2.5e9, warmup_images=0),
         "lsun256": _paper_train(256, 5e-5, 1_000_000, 1_000_000 * 256, warmup_images=0),
     }
+    # CT (LPIPS) ImageNet-64 13.0 / 11.1 (unverified values; the setting is the launch line above)
+    published_keys = {"imagenet64": "ct-lpips-imagenet64"}
     deterministic_overrides = {"dropout": 0.0, "teacher_dropout": 0.0}
 
     def uses_teacher(self) -> bool:
@@ -438,7 +505,7 @@ class ImprovedConsistencyTraining(_Consistency):
         with torch.no_grad():                                            # θ⁻ = stopgrad(θ), same dropout
             rng_restore(state, y.device)
             target = self.student(y + s_lo.reshape(-1, 1, 1, 1) * z, s_lo, batch.labels)
-        d = consistency_distance(out, target, cfg.metric, cfg.huber_c)
+        d = self.distance(out, target)
         w = ict_weights(s_lo, s_hi)
         scale = cfg.loss_scale if cfg.loss_scale is not None else 1.0 / math.sqrt(y[0].numel())
         return scale * (w * d).mean(), {"num_scales": float(n_scales), "sigma_hi_mean": s_hi.detach().mean()}

@@ -11,7 +11,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     which = p.add_subparsers(dest="assets_cmd", metavar="ACTION")
     f = which.add_parser("fetch", help="download weights into the asset folder (needs internet)")
     f.add_argument("keys", nargs="*", default=None,
-                   help=f"inception | clip:<model>:<pretrained> | dinov2[:<timm-name>] (default: {' '.join(DEFAULT_KEYS)})")
+                   help="inception | clip:<model>:<pretrained> | dinov2[:<timm-name>] | lpips-vgg16 lpips-vgg-lin "
+                        f"(consistency models' LPIPS; the heads are copied from the lpips package) "
+                        f"(default: {' '.join(DEFAULT_KEYS)})")
     c = which.add_parser("check", help="list what is present, with hashes; exit 1 if a listed key is missing")
     c.add_argument("keys", nargs="*", default=None)
     a = which.add_parser("add", help="register a weight file you already have")

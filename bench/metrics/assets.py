@@ -78,8 +78,11 @@ def spec_from_key(key: str) -> AssetSpec:
     if kind == "sd-vae" and not rest:      # the consistency decoder's latent source
         from bench.consistency.latents import sd_vae_asset_spec
         return sd_vae_asset_spec()
+    if kind in ("lpips-vgg16", "lpips-vgg-lin") and not rest:   # the consistency models' LPIPS distance
+        from bench.consistency.perceptual import asset_specs
+        return next(s for s in asset_specs() if s.key == kind)
     raise ConfigError(f"asset key {key!r}: expected inception, clip:<model>:<pretrained>, dinov2[:<timm-name>], "
-                      "trained:<name> or sd-vae")
+                      "trained:<name>, sd-vae, lpips-vgg16 or lpips-vgg-lin")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

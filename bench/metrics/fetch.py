@@ -39,6 +39,20 @@ def _fetch_dinov2(spec: AssetSpec, tmp: Path) -> Path:
     return Path(hf_hub_download(f"timm/{name}", "model.safetensors", cache_dir=str(tmp)))
 
 
+def _package_file(spec: AssetSpec) -> Path:
+    """A weight file shipped inside an installed package (``package:<pkg>/<path>``): nothing is downloaded."""
+    from importlib import resources
+
+    pkg, _, rel = spec.url.removeprefix("package:").partition("/")
+    try:
+        path = Path(str(resources.files(pkg).joinpath(rel)))
+    except ModuleNotFoundError:
+        raise AssetError(f"asset {spec.key}: package {pkg!r} is not installed (pip install {pkg})") from None
+    if not path.is_file():
+        raise AssetError(f"asset {spec.key}: {path} is not in the installed {pkg!r} package")
+    return path
+
+
 def fetch(folder: AssetFolder, key: str) -> dict:
     spec = spec_from_key(key)
     if spec.url is None:
@@ -54,8 +68,10 @@ def fetch(folder: AssetFolder, key: str) -> dict:
     with tempfile.TemporaryDirectory(dir=folder.root) as tmpd:
         tmp = Path(tmpd)
         try:
-            if key == "inception":
-                src = _download(spec.url, tmp / "inception.pth")
+            if key in ("inception", "lpips-vgg16"):
+                src = _download(spec.url, tmp / Path(spec.relpath).name)
+            elif spec.url.startswith("package:"):
+                src = _package_file(spec)
             elif key.startswith("clip:"):
                 src = _fetch_clip(spec, tmp)
             else:
