@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pr-images", type=int, default=10_000, help="images kept as arr_0 for precision/recall")
     p.add_argument("--seed", type=int, default=0, help="seed of the arr_0 subset (and of the FID-30K subset)")
     p.add_argument("--cmmd", action="store_true", help="also store CLIP image embeddings for CMMD")
-    p.add_argument("--cmmd-model", default="ViT-L-14-336", help="open_clip model of the CMMD embeddings")
+    p.add_argument("--cmmd-model", default="ViT-L-14-336-quickgelu", help="open_clip model of the CMMD embeddings")
     p.add_argument("--cmmd-pretrained", default="openai")
     p.add_argument("--fid30k", action="store_true", help="COCO FID-30K: 30k val2014 images, one caption each")
     p.add_argument("--assets", default=None)

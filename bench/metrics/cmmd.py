@@ -23,7 +23,7 @@ SCALE = 1000.0
 class CmmdSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = Field("ViT-L-14-336", description="open_clip model of the embeddings (paper: ViT-L/14@336)")
+    model: str = Field("ViT-L-14-336-quickgelu", description="open_clip model (paper: ViT-L/14@336, OpenAI weights)")
     pretrained: str = Field("openai", description="open_clip pretrained tag; weights come from the asset folder")
     sigma: float = Field(SIGMA, gt=0)
     scale: float = Field(SCALE, gt=0)
