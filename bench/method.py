@@ -206,7 +206,7 @@ class Method:
         g = torch.Generator().manual_seed(0)
         images = {r: torch.rand(n, cfg.channels, r, r, generator=g) * 2 - 1 for r in stage.resolutions}
         labels = torch.randint(0, max(cfg.num_classes, 1), (n,), generator=g) if cfg.num_classes else None
-        text = torch.randn(n, cfg.text_dim, generator=g) if cfg.conditioning == "text" else None
+        text = _example_text(cfg, n, g)
         b = Batch(images, labels, text, StackedRandom(list(range(n)), device=self.device))
         return b.to(self.device)
 
@@ -214,7 +214,7 @@ class Method:
         cfg = self.config
         g = torch.Generator().manual_seed(1)
         labels = torch.randint(0, cfg.num_classes, (n,), generator=g) if cfg.num_classes else None
-        text = torch.randn(n, cfg.text_dim, generator=g) if cfg.conditioning == "text" else None
+        text = _example_text(cfg, n, g)
         return Condition(None if labels is None else labels.to(self.device),
                          None if text is None else text.to(self.device))
 
@@ -227,6 +227,16 @@ class Method:
         """Sampling FLOPs per generated image, measured."""
         from bench.compute import measure_sampling_flops
         return measure_sampling_flops(self, steps)
+
+
+def _example_text(cfg: MethodConfig, n: int, g: torch.Generator) -> torch.Tensor | None:
+    """Random caption embeddings of the shape the method takes: (n, text_dim), or (n, text_length, text_dim)
+    for token conditioning (methods/_text.py)."""
+    if cfg.conditioning != "text":
+        return None
+    if getattr(cfg, "text_conditioning", "pooled") == "tokens":
+        return torch.randn(n, cfg.text_length, cfg.text_dim, generator=g)
+    return torch.randn(n, cfg.text_dim, generator=g)
 
 
 # ---- registry --------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ class DatasetEntry(Strict):
     max_items: int | None = Field(None, gt=0)
     on_corrupt: str = "fail"
     options: dict[str, Any] = Field(default_factory=dict)
+    text: dict[str, Any] | None = Field(None, description="caption encoder (bench.data.spec.TextSpec fields)")
     reference: str | None = Field(None, description="reference statistics npz (ADM format); 'auto' = built "
                                                     "from this dataset (training the suite's `trained:` "
                                                     "extractor first if it is not staged); None = no reference")

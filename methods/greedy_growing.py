@@ -14,7 +14,13 @@ Mechanisms (each tested in tests/test_greedy_growing.py; networks in bench/nets/
 - Diffusion recipe of SiD1 (the card marks it "assumed"): VP ``z = α x + σ ε``, t ~ U(0, 1), shifted cosine
   logSNR ``λ_cos(t) + 2 log(ref/d)`` with d the resolution being trained — the shift changes when the model
   grows; v-prediction, unweighted ε-MSE (ε̂ = σ z + α v̂); DDPM ancestral sampler on a uniform-in-t grid with
-  x̂ clipped. Class- or text-conditional (pooled caption embedding), CFG on v̂ with label dropout.
+  x̂ clipped. Class- or text-conditional, CFG on v̂ with label dropout.
+- Text (``text_conditioning: tokens``, presets ``cc12m256`` / ``coco256``): the core cross-attends to the
+  caption tokens in every transformer block (key padding mask honoured) and adds their masked mean to the
+  embedding; the text modules belong to the core, so the shallow shell (stage A) and the grown encoder /
+  decoder (B1/B2) condition through the same reused core (the shells' ResBlocks through the embedding).
+  The paper names neither its text encoder nor its null text (card: unverified); we use T5-XXL tokens
+  (4096 wide, 128 tokens) and a learned null token (``null_text: learned``; ``zero`` = fixed zero token).
 
 Open choices (not in the card, ours):
 - Noise label: the network sees ``λ − 2 log(ref/d)`` = λ_cos(t), the logSNR at the reference resolution, so the
@@ -29,8 +35,8 @@ Open choices (not in the card, ours):
   was built), so every DDP rank grows the same weights whatever the global RNG did before.
 - cpu-tiny shares 0.4 / 0.3 / 0.3 (the card's toy is 1k + 0.5k + 0.5k = 0.5 / 0.25 / 0.25, set by
   ``core_share`` etc.): with 2 steps per stage the contract tests' budgets then split into whole batches.
-- Paper presets ``cc12m256`` / ``t2i1024``: core grid 16×16 (card [M]), core pretrained at 64 px with a stride-4
-  entry conv; core width / depth / heads, shell widths, text width 768, shares 0.5/0.25/0.25, core LR ×0.1 in B2,
+- Paper presets ``cc12m256`` / ``coco256`` / ``t2i1024``: core grid 16×16 (card [M]), core pretrained at 64 px with a stride-4
+  entry conv; core width / depth / heads, shell widths, the text encoder (T5-XXL tokens) and its width, shares 0.5/0.25/0.25, core LR ×0.1 in B2,
   batch 256 (sciencestack TL;DR, secondary), lr 1e-4, warm-up, EMA, image counts and bf16 are all unverified.
 """
 from __future__ import annotations
@@ -49,12 +55,13 @@ from bench.diffusion.samplers import vp_ancestral_sampler
 from bench.diffusion.schedules import alpha_sigma_from_logsnr, logsnr_cosine_shifted, resolution_shift
 from bench.method import Batch, Condition, ConfigError, Method, MethodConfig, Stage, register
 from bench.nets.shallow_uvit import GrownShell, ShallowShell, TransformerCore
+from methods._text import TextOptions
 from methods.edm import drop_condition
 
 GROW_STAGES = ("grow-frozen", "grow-all")
 
 
-class GreedyConfig(MethodConfig):
+class GreedyConfig(TextOptions):
     low_resolution: int = Field(16, ge=1, description="r0: resolution of the core pretraining (stage A)")
     patch: int = Field(2, ge=1, description="stride p of the shallow entry conv (core grid = r0 / p)")
     core_width: int = Field(128, ge=1)
@@ -113,12 +120,13 @@ class GreedyGrowing(Method):
     # Core at 16×16 (64 px, stride-4 entry); grown to 256 px (4 stages) / 1024 px (6 stages). Unverified sizes.
     _cc12m = dict(resolution=256, low_resolution=64, patch=4, core_width=1536, core_depth=24, heads=12,
                   dropout=0.1, noise_channels=256, encoder_widths=(128, 256, 512, 768), encoder_blocks=2,
-                  ref_resolution=64, steps=512, conditioning="text", text_dim=768, label_dropout=0.1,
-                  core_lr_mult=0.1)
+                  ref_resolution=64, steps=512, conditioning="text", text_conditioning="tokens", text_dim=4096,
+                  text_length=128, label_dropout=0.1, core_lr_mult=0.1)
     presets = {
         "cpu-tiny": _tiny,
         "cpu-tiny-cond": dict(_tiny, conditioning="class", num_classes=4, label_dropout=0.1),
         "cc12m256": _cc12m,
+        "coco256": _cc12m,    # the CC12M model's architecture, trained on COCO captions (our choice)
         "t2i1024": dict(_cc12m, resolution=1024, core_width=2048, core_depth=24, heads=16,
                         encoder_widths=(128, 128, 256, 256, 512, 1024)),
     }
@@ -126,7 +134,7 @@ class GreedyGrowing(Method):
     _paper_train = dict(batch=256, lr=1e-4, warmup_images=10_000 * 256, images=1_000_000 * 256,
                         ema_halflife_kimg=[256 * 6931.1 / 1000.0], ema_rampup=None, precision="bf16")
     train_defaults = {"cpu-tiny": _tiny_train, "cpu-tiny-cond": _tiny_train,
-                      "cc12m256": _paper_train, "t2i1024": _paper_train}
+                      "cc12m256": _paper_train, "coco256": _paper_train, "t2i1024": _paper_train}
     deterministic_overrides = {"dropout": 0.0}
 
     def __init__(self, config: GreedyConfig):
@@ -139,7 +147,7 @@ class GreedyGrowing(Method):
         self._init_seed = torch.initial_seed()     # the run seed under bench.train (seeded before building)
         self.core = TransformerCore(c.core_grid, c.core_width, c.core_depth, c.heads, self.emb_dim,
                                     c.noise_channels, c.num_classes, c.text_dim if c.conditioning == "text" else 0,
-                                    c.mlp_ratio, c.dropout)
+                                    c.mlp_ratio, c.dropout, text_mode=c.text_mode(), null_text=c.null_text)
         self.shallow: ShallowShell | None = ShallowShell(c.channels, c.core_width, c.patch, self.emb_dim)
         self.grown: GrownShell | None = None
 

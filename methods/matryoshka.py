@@ -17,7 +17,15 @@ What this adapter implements (each mechanism is tested in tests/test_matryoshka.
   at its start the grown model computes exactly the previous stage's low-resolution function.
 - Joint sampler: all levels denoised in parallel with their own γ^r on the resampled grid
   ``t_k = round(k (T+1)/(n+1))``; x̂ from v̂, clipped; DDPM posterior (or DDIM η); CFG on v (one batched
-  cond + uncond call = 2 NFE); class- and text-conditional (pooled caption embedding).
+  cond + uncond call = 2 NFE); class- and text-conditional.
+- Text (``text_conditioning: tokens``, presets ``coco256`` / ``cc12m256``; released cc12m configs): flan-t5-xl
+  token features (d_model 2048, up to 128 tokens: ``max_token_length: 128``) projected by a linear ``lm_proj``
+  to 2048 (``conditioning_feature_proj_dim``); their masked mean goes through the condition embedding into the
+  time embedding (``forward_conditioning``); every attention layer of the inner UNet cross-attends to them
+  with shared queries, self- and cross-attention outputs summed before the zero-init output conv, then an
+  attention FFN (``use_attention_ffn``); 1 attention layer per ResBlock at 32×32 and 5 at 16×16
+  (``num_attention_layers [0, 1, 5]``). The outer levels (attention-free) see the caption only through the
+  pooled vector (``skip_cond_emb``). ``pooled`` (``t2i256`` / ``t2i1024``) keeps one pooled vector.
 
 Open choices, written down:
 - Stage shares are not in the paper's text: presets split the budget equally between stages.
@@ -29,9 +37,14 @@ Open choices, written down:
   ``deterministic_overrides``) switches it off for the DDP-equivalence check.
 - Outer levels share the base UNet's embedding width and add its class / pooled-text vector to their
   own time embedding (MDM ``skip_cond_emb``); the base UNet is bench.nets.unet.UNet with strided-conv
-  resampling. Its attention is one self-attention block per ResBlock at the listed resolutions: MDM's
-  5 attention layers per block at 16×16, attention FFNs, T5 cross-attention and the "scale"
-  micro-conditioning are NOT built (text enters as a pooled projection only).
+  resampling. The "scale" micro-conditioning is NOT built. Padding tokens are always masked out of the
+  cross-attention (the released 256 inner UNet has ``masked_cross_attention: 0`` and attends to T5's pad
+  outputs; we mask them, as the issue asks, and our cache stores pads as zero rows, not T5 pad outputs).
+- Null text (CFG): the released trainer / reader apply no caption dropout we could find, and its
+  unconditional branch at sampling is the negative prompt "low quality" (clis/generate_batch.py). We train
+  with ``label_dropout`` (0.1, ours) and drop to a learned null token (``null_text: learned``; ``zero`` = a
+  fixed zero token); the empty-caption / negative-prompt encoding is not wired (it needs the trainer to hand
+  the data's encoding of that prompt to the method).
 - ``t2i1024``'s 256-level divides its input by the per-sample std (``skip_normalization: false`` in the
   released 1024 config) in both its stages; in the release it was off while the 256 model trained.
 - train_defaults: lr 5e-5, warm-up 10k steps, grad-clip 2, AdamW (wd 0), EMA 0.9999 per step without
@@ -55,6 +68,7 @@ from bench.diffusion.schedules import mdm_gammas, resampled_timesteps, shift_gam
 from bench.method import Batch, Condition, ConfigError, Method, MethodConfig, Stage, register
 from bench.nets.nested_unet import NestedUNet, OuterLevelConfig
 from bench.nets.unet import UNET_PRESETS, UNetConfig, build_unet
+from methods._text import TextOptions
 from methods.edm import drop_condition, null_condition
 
 
@@ -82,7 +96,7 @@ class MDMStage(BaseModel):
         return self
 
 
-class MDMConfig(MethodConfig):
+class MDMConfig(TextOptions):
     unet: str | dict[str, Any] = "cpu-tiny"          # base UNet: UNET_PRESETS key or UNetConfig fields
     unet_overrides: dict[str, Any] = {}
     outer: list[OuterLevelConfig] = [OuterLevelConfig()]   # from the level around the base UNet outwards
@@ -174,6 +188,13 @@ _TINY_UNET = dict(model_channels=40, channel_mult=(1, 2), num_blocks=1, attn_res
 _MDM64_UNET = dict(model_channels=256, channel_mult=(1, 2, 3), num_blocks=2, attn_resolutions=(32, 16),
                    channels_per_head=64, dropout=0.0, resample="conv")
 _OUTER256 = dict(channels=(64, 128, 256), num_blocks=(2, 2, 1))
+# The released cc12m inner UNet with its text path: 1 / 5 attention layers per ResBlock at 32 / 16 with
+# cross-attention to lm_proj(flan-t5-xl) (2048) and attention FFNs.
+_MDM64_T2I_UNET = dict(_MDM64_UNET, attn_layers=(1, 5), attention_ffn=True, text_proj_dim=2048)
+_T2I256 = dict(resolution=256, conditioning="text", text_conditioning="tokens", text_dim=2048, text_length=128,
+               label_dropout=0.1, unet=_MDM64_T2I_UNET, outer=[_OUTER256],
+               stages=[dict(levels=1, share=0.5), dict(levels=2, share=0.5, shift_power=1.0, mixed_ratio=[2, 1])],
+               steps=250)
 
 
 def _ema_kimg(batch: int) -> float:
@@ -216,6 +237,8 @@ class MatryoshkaDiffusion(Method):
                        stages=[dict(levels=1, share=0.5),
                                dict(levels=2, share=0.5, shift_power=1.0, mixed_ratio=[2, 1])],
                        steps=250),
+        "coco256": _T2I256,
+        "cc12m256": _T2I256,
         "t2i1024": dict(resolution=1024, conditioning="text", text_dim=768, label_dropout=0.1,
                         unet=_MDM64_UNET,
                         outer=[dict(_OUTER256, normalize_input=True), dict(channels=(32, 32, 64), num_blocks=(2, 2, 1))],
@@ -229,6 +252,8 @@ class MatryoshkaDiffusion(Method):
         "cpu-tiny-3lvl": dict(batch=32, lr=2e-4, warmup_images=2_000, grad_clip=2.0, ema_halflife_kimg=[5.0]),
         "imagenet256": _paper_train(256, "fp32"),
         "t2i256": _paper_train(256, "fp32"),
+        "coco256": _paper_train(256, "fp32"),
+        "cc12m256": _paper_train(256, "fp32"),
         "t2i1024": _paper_train(128, "bf16"),
     }
     # MDM trains without dropout; the per-local-batch mixed_ratio prefix is what makes 2 ranks differ.
@@ -246,7 +271,8 @@ class MatryoshkaDiffusion(Method):
         try:
             base = build_unet(self.base_resolution, unet_cfg, in_channels=cfg.channels, out_channels=cfg.channels,
                               num_classes=cfg.num_classes if cfg.conditioning == "class" else 0,
-                              text_dim=cfg.text_dim if cfg.conditioning == "text" else 0, **cfg.unet_overrides)
+                              text_dim=cfg.text_dim if cfg.conditioning == "text" else 0,
+                              text_mode=cfg.text_mode(), **{"null_text": cfg.null_text, **cfg.unet_overrides})
         except ValueError as err:
             raise ConfigError(f"method.unet: {err}") from None
         self.net = NestedUNet(base, cfg.outer, cfg.channels, cfg.channels)

@@ -26,6 +26,13 @@ Open choices, written down:
   multiscale loss at 256 (on) and 128 (off), and the 512 input transform (LeGall 5/3, one level, then the 256
   body) are our choices where the card is silent. Schedule references: shifted with ref 64 (128, 256);
   interpolated 32 → 256 for 512 (the card's recollection).
+- Text-to-image (``coco256``; CARDS §3 is silent on the text path beyond "T5-XXL + cross-attention"): the
+  T5-XXL encoder's token sequence (text_dim 4096, up to 128 tokens — our choice) enters every transformer block
+  of the 16×16 stack through a pre-LN cross-attention sub-layer, its masked mean is added to the conditioning
+  embedding, the conv stages see it only through that embedding. Null text for CFG dropout: the paper does
+  not say and there is no code; we use a learned null token (``null_text: learned``; ``zero`` = a fixed zero
+  token). CFG dropout 0.1 and the 128-token length are ours. ``text_conditioning: pooled`` keeps the single
+  pooled open_clip vector.
 - train_defaults: batch 2048 and 500K steps (card, 256 model), also used for 128 / 512 (REG lists 800
   epochs ≈ 1.0B images at 512, the same count); lr 1e-4, 10k warm-up steps, EMA 0.9999 per step and bf16
   are not in the card (our choice).
@@ -46,6 +53,7 @@ from bench.diffusion.schedules import (alpha_sigma_from_logsnr, logsnr_cosine, l
                                        logsnr_cosine_shifted)
 from bench.method import Batch, Condition, ConfigError, Method, MethodConfig, Stage, register, validate_model
 from bench.nets.uvit import UViT, UViTConfig
+from methods._text import TextOptions
 from methods.edm import drop_condition
 
 SCHEDULES = ("cosine", "shifted", "interpolated")
@@ -67,7 +75,7 @@ UVIT_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-class SimpleDiffusionConfig(MethodConfig):
+class SimpleDiffusionConfig(TextOptions):
     uvit: str | dict[str, Any] = "cpu-tiny"         # UVIT_PRESETS key or UViTConfig fields
     uvit_overrides: dict[str, Any] = {}
     schedule: str = "shifted"                         # cosine | shifted | interpolated
@@ -173,7 +181,8 @@ class VPredictor(torch.nn.Module):
         ucfg = validate_model(UViTConfig, {**base, **cfg.uvit_overrides}, prefix="method.uvit.")
         try:
             self.net = UViT(cfg.resolution, cfg.channels, cfg.num_classes,
-                            cfg.text_dim if cfg.conditioning == "text" else 0, ucfg)
+                            cfg.text_dim if cfg.conditioning == "text" else 0, ucfg, cfg.text_mode(),
+                            null_text=cfg.null_text)
         except ValueError as err:   # shape problems found while building (resolution, dropout placement)
             raise ConfigError(f"method.uvit: {err}") from None
 
@@ -205,6 +214,10 @@ class SimpleDiffusion(Method):
         "imagenet512": dict(resolution=512, conditioning="class", num_classes=1000, uvit="uvit512",
                             schedule="interpolated", ref_low=32, ref_high=256, multiscale=multiscale_sizes(512),
                             steps=512),
+        # Text-to-image at 256 (COCO FID-30K): the 256 U-ViT cross-attending to T5-XXL tokens (d_model 4096).
+        "coco256": dict(resolution=256, conditioning="text", text_conditioning="tokens", text_dim=4096,
+                        text_length=128, label_dropout=0.1, uvit="uvit256", schedule="shifted", ref_resolution=64,
+                        multiscale=multiscale_sizes(256), steps=512),
     }
     _tiny_train = dict(batch=32, lr=2e-4, warmup_images=2_000, ema_halflife_kimg=[5.0])
     # Batch 2048 × 500K steps (card); EMA 0.9999 per step as a half-life of 2048·ln½/ln 0.9999 images.
@@ -213,6 +226,7 @@ class SimpleDiffusion(Method):
     train_defaults = {
         "cpu-tiny": _tiny_train, "cpu-tiny-interp": _tiny_train, "cpu-tiny-cond": _tiny_train,
         "imagenet128": _paper_train, "imagenet256": _paper_train, "imagenet512": _paper_train,
+        "coco256": _paper_train,
     }
     deterministic_overrides = {"uvit_overrides": {"dropout": 0.0}}
 
@@ -220,6 +234,8 @@ class SimpleDiffusion(Method):
         super().__init__(config)
         if config.conditioning == "class" and config.num_classes <= 0:
             raise ConfigError("simple: conditioning='class' needs num_classes > 0")
+        if config.conditioning == "text" and config.text_dim <= 0:
+            raise ConfigError("simple: conditioning='text' needs text_dim > 0 (the caption encoder's width)")
         self.model = VPredictor(config)
 
     def modules(self) -> dict[str, torch.nn.Module]:

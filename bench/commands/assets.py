@@ -31,12 +31,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--batch", type=int, default=64)
     t.add_argument("--input-size", type=int, default=64)
     t.add_argument("--device", default="cpu")
-    for q in (f, c, a, t):
+    k = which.add_parser("tiny-t2i", help="stage offline stand-ins for the CPU text-to-image demo: a tiny random "
+                                          "T5 (tokenizer trained on a dataset's captions) and a random-init CLIP")
+    k.add_argument("dataset", help="captioned reader kind (e.g. emoji)")
+    k.add_argument("--name", default="tiny-emoji", help="staged as t5:<name>")
+    k.add_argument("--root", default=None)
+    k.add_argument("--clip-model", default="ViT-B-32-quickgelu", help="staged as clip:<model>:random-init")
+    for q in (f, c, a, t, k):
         q.add_argument("--assets", default=None, help="asset folder (default $BENCH_ASSETS or ./assets)")
     f.set_defaults(func=run_fetch)
     c.set_defaults(func=run_check)
     a.set_defaults(func=run_add)
     t.set_defaults(func=run_train)
+    k.set_defaults(func=run_tiny_t2i)
     p.set_defaults(func=lambda a: p.print_help() or 2)
 
 
@@ -89,4 +96,30 @@ def run_train(args: argparse.Namespace) -> int:
                             batch=args.batch, input_size=args.input_size, device=args.device,
                             source=f"trained on {spec.model_dump_json()}")
     print(f"trained:{args.name}: held-out accuracy {entry['val_accuracy']:.3f}, sha256 {entry['sha256'][:16]}")
+    return 0
+
+
+def run_tiny_t2i(args: argparse.Namespace) -> int:
+    """Numbers made with these weights mean nothing beyond the pipeline running; they are marked by name."""
+    import tempfile
+    from pathlib import Path
+
+    import open_clip
+    import torch
+
+    from bench.data.spec import DatasetSpec, build_dataset
+    from bench.data.tiny_t5 import stage_tiny_t5
+    from bench.metrics.assets import AssetFolder, clip_spec
+
+    folder = AssetFolder(args.assets)
+    ds = build_dataset(DatasetSpec(kind=args.dataset, root=args.root, resolution=32))
+    caps = [c for i in range(len(ds)) for c in ds.captions_of(i)]
+    e = stage_tiny_t5(folder, args.name, caps)
+    print(f"t5:{args.name}: {len(caps)} captions, sha256 {e['sha256'][:16]}")
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(dir=folder.root) as tmp:
+        p = Path(tmp) / "clip.bin"
+        torch.save(open_clip.create_model(args.clip_model, pretrained=None).state_dict(), p)
+        e = folder.add(clip_spec(args.clip_model, "random-init"), p, source="random init (bench assets tiny-t2i)")
+    print(f"clip:{args.clip_model}:random-init: sha256 {e['sha256'][:16]}")
     return 0

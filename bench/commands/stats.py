@@ -19,6 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dinov2", default=None, help="also store FD-DINOv2 stats: dinov2[:<timm-name>]")
     p.add_argument("--pr-images", type=int, default=10_000, help="images kept as arr_0 for precision/recall")
     p.add_argument("--seed", type=int, default=0, help="seed of the arr_0 subset (and of the FID-30K subset)")
+    p.add_argument("--cmmd", action="store_true", help="also store CLIP image embeddings for CMMD")
+    p.add_argument("--cmmd-model", default="ViT-L-14-336-quickgelu", help="open_clip model of the CMMD embeddings")
+    p.add_argument("--cmmd-pretrained", default="openai")
     p.add_argument("--fid30k", action="store_true", help="COCO FID-30K: 30k val2014 images, one caption each")
     p.add_argument("--assets", default=None)
     p.add_argument("--batch", type=int, default=64)
@@ -62,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from bench.method import ConfigError
     from bench.metrics.api import build_reference
     from bench.metrics.assets import AssetFolder
+    from bench.metrics.cmmd import CmmdSettings
 
     spec = dataset_spec(args)
     meta = {}
@@ -79,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     meta["dataset"] = spec.model_dump(mode="json")
     out = build_reference(dataset, args.out, assets, extractor=args.extractor, max_items=None,
                           pr_images=args.pr_images, seed=args.seed, batch=args.batch, dinov2=args.dinov2,
-                          device=args.device, meta=meta, indices=indices, progress=not args.no_progress)
+                          device=args.device, meta=meta, indices=indices, progress=not args.no_progress,
+                          cmmd=CmmdSettings(model=args.cmmd_model, pretrained=args.cmmd_pretrained) if args.cmmd
+                          else None)
     print(f"wrote {out}")
     return 0

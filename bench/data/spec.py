@@ -26,12 +26,21 @@ def reader(kind: str):
 
 
 class TextSpec(BaseModel):
-    """Caption encoder for text conditioning; embeddings are cached on disk per dataset + encoder."""
+    """Caption encoder for text conditioning; embeddings are cached on disk (pooled: per dataset + encoder;
+    tokens: per encoder + caption, bench.data.text_tokens)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
-    model: str = Field(..., description="open_clip model name, e.g. ViT-B-32-quickgelu")
-    pretrained: str = Field(..., description="pretrained tag (file from the asset folder) or a weight file path")
+    family: str = Field("open_clip", pattern="^(open_clip|t5)$", description="open_clip | t5 (tokens only)")
+    output: str = Field("pooled", pattern="^(pooled|tokens)$",
+                        description="pooled: one vector per caption; tokens: the (length, dim) token sequence")
+    model: str = Field(..., description="open_clip model name (e.g. ViT-B-32-quickgelu) or T5 name "
+                                        "(e.g. google/flan-t5-xl, staged as t5:<name>)")
+    pretrained: str | None = Field(None, description="open_clip: pretrained tag (file from the asset folder) or "
+                                                     "a weight file path")
+    max_length: int | None = Field(None, gt=0, description="tokens per caption (T5 default 128; CLIP: its context)")
+    dtype: str = Field("fp16", pattern="^(fp16|bf16|fp32)$", description="token cache storage dtype")
+    batch_size: int = Field(64, gt=0, description="captions per encoder call")
     assets: str | None = Field(None, description="asset folder (default $BENCH_ASSETS, else ./assets)")
     cache_dir: str | None = Field(None, description="caption-embedding cache (default $BENCH_CACHE/captions)")
     normalize: bool = Field(True, description="L2-normalise the pooled text embeddings")
@@ -70,10 +79,19 @@ def build_dataset(spec: DatasetSpec, *, with_text: bool = True):
         raise ConfigError(f"field 'data.kind': unknown dataset kind {spec.kind!r}; "
                           f"allowed: {', '.join(sorted(READERS))}")
     ds = READERS[spec.kind](spec)
+    if spec.text is not None and with_text and spec.text.output == "tokens":
+        from bench.data.text_tokens import TokenCache, TokenTextConditioned, build_token_encoder
+
+        t = spec.text
+        enc = build_token_encoder(t)
+        return TokenTextConditioned(ds, enc, TokenCache(t.cache_dir, enc.id, t.dtype), t.max_length)
     if spec.text is not None and with_text:
         from bench.data.text import CaptionCache, TextConditioned, TextEncoder, dataset_key
 
         t = spec.text
+        if t.family != "open_clip" or not t.pretrained:
+            raise ConfigError("field 'data.text': pooled embeddings come from open_clip (family open_clip, "
+                              "pretrained set); T5 gives output: tokens")
         enc = TextEncoder(t.model, t.pretrained, assets=t.assets, device=t.device, normalize=t.normalize)
         ds = TextConditioned(ds, enc, CaptionCache(t.cache_dir, dataset_key(spec), enc.id))
     return ds

@@ -107,11 +107,15 @@ def evaluate(target: str | Path, settings: EvalSettings, assets: AssetFolder, re
 def build_reference(dataset, out: str | Path, assets: AssetFolder, *, extractor: str = "inception",
                     max_items: int | None = None, pr_images: int = PR_REFERENCE_IMAGES, seed: int = 0,
                     batch: int = 64, dinov2: str | None = None, device: str = "auto", meta: dict | None = None,
-                    indices: list[int] | None = None, progress: bool = True) -> Path:
+                    indices: list[int] | None = None, progress: bool = True, cmmd=None) -> Path:
     """Stats over the whole dataset (or ``indices``) + a fixed-seed subset of ``pr_images`` images as arr_0."""
     dev = resolve_device(device)
     ex = build_extractor(extractor, assets, dev)
     dino = build_extractor(dinov2, assets, dev) if dinov2 else None
+    clip_emb = None
+    if cmmd is not None:     # a CmmdSettings: also store every image's CLIP embedding for CMMD
+        from bench.metrics.cmmd import ClipImageEmbedder
+        clip_emb = ClipImageEmbedder(cmmd, assets, dev)
     idx = list(indices) if indices is not None else list(range(len(dataset)))
     if max_items is not None:
         idx = idx[:max_items]
@@ -119,10 +123,11 @@ def build_reference(dataset, out: str | Path, assets: AssetFolder, *, extractor:
         raise ConfigError(f"dataset has {len(idx)} images; reference statistics need at least 2")
     g = torch.Generator().manual_seed(seed)
     keep = set(torch.randperm(len(idx), generator=g)[:pr_images].tolist()) if pr_images else None
-    res = compute_reference_moments(iter_dataset(dataset, idx, batch), ex, keep, dino, progress, len(idx))
+    res = compute_reference_moments(iter_dataset(dataset, idx, batch), ex, keep, dino, progress, len(idx), clip_emb)
     info = {"n_images": len(idx), "pr_subset_seed": seed, "pr_images": 0 if keep is None else len(keep),
             "extractor_official": getattr(ex, "official", None), **(meta or {})}
     return write_reference(out, family=ex.family, extractor_id=ex.id, pool=res["pool"], spatial=res["spatial"],
                            images=res["images"], pool_images=res["pool_images"], dinov2=res["dinov2"],
-                           dinov2_id=None if dino is None else dino.id, meta=info)
+                           dinov2_id=None if dino is None else dino.id, meta=info, cmmd_emb=res["cmmd_emb"],
+                           cmmd_id=None if clip_emb is None else clip_emb.id)
 

@@ -6,6 +6,7 @@ Layout (root from ``--assets``, else $BENCH_ASSETS, else ./assets):
   clip/<model>--<pretrained>.bin      open_clip state dict
   dinov2/<timm-name>.safetensors      DINOv2 weights in timm's layout
   extractors/<name>.pt                small CNNs trained by `bench assets train-extractor`
+  t5/<hf-name with / as __>/          T5 text encoder: model.safetensors (registered), config.json, tokenizer
 
 A file's expected hash is the one recorded in the manifest when it was staged; for files with a
 published hash (Inception) the published prefix is also checked and the result recorded, so numbers
@@ -59,6 +60,12 @@ def dinov2_spec(model: str = "vit_large_patch14_dinov2.lvd142m") -> AssetSpec:
                      "DINOv2 encoder (timm layout) for FD-DINOv2")
 
 
+def t5_spec(name: str) -> AssetSpec:
+    """A T5 encoder (``transformers`` layout, encoder weights in one model.safetensors), e.g. google/flan-t5-xl."""
+    return AssetSpec(f"t5:{name}", f"t5/{name.replace('/', '__')}/model.safetensors", f"hf:{name}", None,
+                     "T5 text encoder for token-level text conditioning (with config.json and tokenizer files)")
+
+
 def trained_spec(name: str) -> AssetSpec:
     return AssetSpec(f"trained:{name}", f"extractors/{name}.pt", None, None,
                      "small CNN trained on a dataset's labels (bench assets train-extractor)")
@@ -75,6 +82,8 @@ def spec_from_key(key: str) -> AssetSpec:
         return dinov2_spec(rest) if rest else dinov2_spec()
     if kind == "trained" and rest:
         return trained_spec(rest)
+    if kind == "t5" and rest:
+        return t5_spec(rest)
     if kind == "sd-vae" and not rest:      # the consistency decoder's latent source
         from bench.consistency.latents import sd_vae_asset_spec
         return sd_vae_asset_spec()
@@ -82,7 +91,7 @@ def spec_from_key(key: str) -> AssetSpec:
         from bench.consistency.perceptual import asset_specs
         return next(s for s in asset_specs() if s.key == kind)
     raise ConfigError(f"asset key {key!r}: expected inception, clip:<model>:<pretrained>, dinov2[:<timm-name>], "
-                      "trained:<name>, sd-vae, lpips-vgg16 or lpips-vgg-lin")
+                      "trained:<name>, t5:<hf-name>, sd-vae, lpips-vgg16 or lpips-vgg-lin")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

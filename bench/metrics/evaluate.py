@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bench.method import ConfigError
 from bench.metrics.assets import AssetFolder
 from bench.metrics.clip import ClipScorer, ClipSettings
+from bench.metrics.cmmd import ClipImageEmbedder, CmmdSettings, cmmd
 from bench.metrics.extractors import Extractor, build_extractor, column
 from bench.metrics.frechet import frechet_distance
 from bench.metrics.reference import PR_REFERENCE_IMAGES, Reference
@@ -19,8 +20,8 @@ from bench.metrics.running import FeatureBank, RunningInceptionScore, RunningMom
 from bench.metrics.setmetrics import kid, precision_recall
 from bench.metrics.sources import SampleBatch
 
-METRICS = ("fid", "sfid", "is", "pr", "kid", "clip", "fd_dinov2")
-NEEDS_REFERENCE = {"fid", "sfid", "pr", "kid", "fd_dinov2"}
+METRICS = ("fid", "sfid", "is", "pr", "kid", "clip", "fd_dinov2", "cmmd")
+NEEDS_REFERENCE = {"fid", "sfid", "pr", "kid", "fd_dinov2", "cmmd"}
 
 
 class EvalSettings(BaseModel):
@@ -36,6 +37,7 @@ class EvalSettings(BaseModel):
     kid_subset_size: int = Field(1000, gt=1)
     clip: ClipSettings = Field(default_factory=ClipSettings)
     dinov2: str = Field("dinov2", description="extractor for fd_dinov2: dinov2[:<timm-name>]")
+    cmmd: CmmdSettings = Field(default_factory=CmmdSettings)
     device: str = "auto"
 
     def checked(self) -> "EvalSettings":
@@ -66,6 +68,8 @@ class StreamingEvaluator:
         self.dino: Extractor | None = (build_extractor(settings.dinov2, assets, self.device)
                                        if "fd_dinov2" in self.metrics else None)
         self.clip = ClipScorer(settings.clip, assets, self.device) if "clip" in self.metrics else None
+        self.cmmd_embedder = ClipImageEmbedder(settings.cmmd, assets, self.device) if "cmmd" in self.metrics else None
+        self._cmmd: list[torch.Tensor] = []
         if reference is not None and self.extractor is not None:
             self._check_reference(reference, self.extractor)
         self.moments: dict[str, RunningMoments] = {}
@@ -108,6 +112,8 @@ class StreamingEvaluator:
             self._moment("dinov2", self.dino(images)["pool"])
         if self.clip is not None:
             self.clip.update(images, batch.captions)
+        if self.cmmd_embedder is not None:
+            self._cmmd.append(self.cmmd_embedder(images))
         self.n += len(batch)
         self.seconds += time.perf_counter() - t0
 
@@ -148,6 +154,15 @@ class StreamingEvaluator:
             m.update(f)
         return m.stats()
 
+    def _reference_cmmd(self) -> tuple[torch.Tensor, str]:
+        """Reference CLIP embeddings: stored ones when made with these weights, else from arr_0."""
+        ref, emb = self.reference, self.cmmd_embedder
+        assert ref is not None and emb is not None
+        if ref.cmmd_emb is not None and ref.cmmd_id == emb.id:
+            return torch.from_numpy(ref.cmmd_emb.astype(np.float32)), "stored"
+        parts = [emb(b.images) for b in ref.image_batches(self.settings.batch, limit=None)]
+        return torch.cat(parts), "arr_0"
+
     def _fd(self, key: str) -> float:
         m = self.moments[key]
         return frechet_distance(*m.stats(), *self._reference_stats(key), factor1=m.factor())
@@ -184,6 +199,12 @@ class StreamingEvaluator:
             r = self.clip.result()
             out["clip_score"] = r["clip_score"]
             extra["clip"] = r["clip_settings"] | {"n": r["clip_n"]}
+        if self.cmmd_embedder is not None:
+            ref_emb, source = self._reference_cmmd()
+            c = self.settings.cmmd
+            out["cmmd"] = cmmd(torch.cat(self._cmmd), ref_emb, c.sigma, c.scale)
+            extra["cmmd"] = {**c.model_dump(), "weights": self.cmmd_embedder.id, "n_reference": int(ref_emb.shape[0]),
+                             "reference_embeddings": source, "estimator": "biased (V-statistic, all pairs)"}
         ex = self.extractor
         return {
             "metrics": out,
@@ -211,13 +232,13 @@ def _versions() -> dict[str, str]:
 
 def compute_reference_moments(batches: Iterable[SampleBatch], extractor: Extractor, keep: set[int] | None = None,
                               dino: Extractor | None = None, progress: bool = True, total: int | None = None,
-                              ) -> dict[str, Any]:
+                              cmmd_embedder: ClipImageEmbedder | None = None) -> dict[str, Any]:
     """One pass over a dataset stream: pool / spatial (/ dinov2) moments, plus the images and pool features
     of the positions in ``keep`` (the P/R reference subset)."""
     from tqdm import tqdm
 
     pool = spatial = dmom = None
-    kept_images, kept_pool = [], []
+    kept_images, kept_pool, clip_emb = [], [], []
     pos = 0
     with tqdm(total=total, desc="stats", unit="img", disable=not progress) as bar:
         for b in batches:
@@ -231,6 +252,8 @@ def compute_reference_moments(batches: Iterable[SampleBatch], extractor: Extract
                 d = dino(b.images)["pool"]
                 dmom = dmom or RunningMoments(d.shape[1])
                 dmom.update(d)
+            if cmmd_embedder is not None:
+                clip_emb.append(cmmd_embedder(b.images).numpy())
             if keep is not None:
                 sel = [i for i in range(len(b)) if pos + i in keep]
                 if sel:
@@ -242,4 +265,5 @@ def compute_reference_moments(batches: Iterable[SampleBatch], extractor: Extract
         raise ConfigError("reference statistics of an empty dataset")
     return {"pool": pool, "spatial": spatial, "dinov2": dmom,
             "images": np.concatenate(kept_images) if kept_images else None,
-            "pool_images": np.concatenate(kept_pool) if kept_pool else None}
+            "pool_images": np.concatenate(kept_pool) if kept_pool else None,
+            "cmmd_emb": np.concatenate(clip_emb) if clip_emb else None}

@@ -53,6 +53,17 @@ def _package_file(spec: AssetSpec) -> Path:
     return path
 
 
+def _fetch_t5(spec: AssetSpec, folder: AssetFolder) -> Path:
+    """Download a T5 checkpoint, keep its encoder as one model.safetensors beside config + tokenizer."""
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    name = spec.key.split(":", 1)[1]
+    dst = (folder.root / spec.relpath).parent
+    T5EncoderModel.from_pretrained(name).save_pretrained(str(dst), max_shard_size="1000GB")
+    AutoTokenizer.from_pretrained(name).save_pretrained(str(dst))
+    return dst / "model.safetensors"
+
+
 def fetch(folder: AssetFolder, key: str) -> dict:
     spec = spec_from_key(key)
     if spec.url is None:
@@ -74,6 +85,8 @@ def fetch(folder: AssetFolder, key: str) -> dict:
                 src = _package_file(spec)
             elif key.startswith("clip:"):
                 src = _fetch_clip(spec, tmp)
+            elif key.startswith("t5:"):
+                src = _fetch_t5(spec, folder)
             else:
                 src = _fetch_dinov2(spec, tmp)
         except AssetError:

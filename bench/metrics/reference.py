@@ -4,7 +4,8 @@ Keys (ADM): ``mu``, ``sigma`` (pool3), ``mu_s``, ``sigma_s`` (sFID), ``arr_0`` (
 10k, for precision/recall). Keys we add (ignored by ADM's evaluator): ``extractor`` / ``extractor_id``
 (what made the stats; absent in ADM files = the TF Inception), ``pool_arr_0`` (pool features of
 ``arr_0``, so P/R does not recompute them), ``mu_dinov2`` / ``sigma_dinov2`` / ``dinov2_id``,
-``n`` (images behind the stats), ``meta`` (JSON). As in ADM, stored stats are used whenever ``mu``
+``n`` (images behind the stats), ``meta`` (JSON), ``cmmd_emb`` / ``cmmd_id`` (CLIP image embeddings of
+every reference image, fp16, for CMMD). As in ADM, stored stats are used whenever ``mu``
 exists; otherwise they are computed from ``arr_0``.
 """
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Reference:
     n: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     dinov2_id: str | None = None
+    cmmd_emb: np.ndarray | None = None
+    cmmd_id: str | None = None
 
     @property
     def format(self) -> str:
@@ -85,13 +88,15 @@ def read_reference(path: str | Path, hash_file: bool = True) -> Reference:
         return Reference(path, sha256_file(path) if hash_file else None, _str(z, "extractor") or "inception",
                          _str(z, "extractor_id"), stats,
                          z["pool_arr_0"].astype(np.float32) if "pool_arr_0" in z.files else None,
-                         int(z["n"]) if "n" in z.files else None, meta, _str(z, "dinov2_id"))
+                         int(z["n"]) if "n" in z.files else None, meta, _str(z, "dinov2_id"),
+                         z["cmmd_emb"] if "cmmd_emb" in z.files else None, _str(z, "cmmd_id"))
 
 
 def write_reference(path: str | Path, *, family: str, extractor_id: str, pool: RunningMoments,
                     spatial: RunningMoments | None = None, images: np.ndarray | None = None,
                     pool_images: np.ndarray | None = None, dinov2: RunningMoments | None = None,
-                    dinov2_id: str | None = None, meta: dict[str, Any] | None = None) -> Path:
+                    dinov2_id: str | None = None, meta: dict[str, Any] | None = None,
+                    cmmd_emb: np.ndarray | None = None, cmmd_id: str | None = None) -> Path:
     """Write stats (and optionally the P/R reference images) in ADM's layout plus our provenance keys."""
     arrays: dict[str, np.ndarray] = {}
     arrays["mu"], arrays["sigma"] = pool.stats()
@@ -100,6 +105,9 @@ def write_reference(path: str | Path, *, family: str, extractor_id: str, pool: R
     if dinov2 is not None:
         arrays["mu_dinov2"], arrays["sigma_dinov2"] = dinov2.stats()
         arrays["dinov2_id"] = np.array(dinov2_id or "")
+    if cmmd_emb is not None:
+        arrays["cmmd_emb"] = np.asarray(cmmd_emb, dtype=np.float16)
+        arrays["cmmd_id"] = np.array(cmmd_id or "")
     if images is not None:
         arrays["arr_0"] = np.ascontiguousarray(images, dtype=np.uint8)
     if pool_images is not None:

@@ -17,7 +17,9 @@ previous stage's function (progressive training).
 Conditioning: each outer level has its own sinusoidal time embedding (of the raw integer time index)
 plus the condition vector of the base UNet (class embedding, pooled caption projection) — MDM's outer
 levels re-use the inner model's condition embedding instead of building their own
-(``skip_cond_emb``). Their embedding width therefore equals the base UNet's.
+(``skip_cond_emb``). Their embedding width therefore equals the base UNet's. With token text the base
+UNet's TextContext (null substitution, projection, masked-mean pool) is computed once per call; the
+outer levels (attention-free, as released) see the caption only through that pooled vector.
 
 Mixed batches (MDM ``mixed_ratio``): an outer level may receive fewer examples than the level inside
 it; its examples are a prefix of the inner level's batch. The inner level's injected features are
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
+from bench.nets.text_cond import TextContext, masked_mean, token_mask
 from bench.nets.unet import (ConditionEmbedding, Downsample, PositionalEmbedding, ResBlock, UNet, Upsample,
                              group_norm, zero_init)
 
@@ -67,10 +70,10 @@ class OuterLevelConfig(BaseModel):
 
 
 def unet_forward(unet: UNet, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
-                 text: torch.Tensor | None = None, inject: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+                 text: torch.Tensor | None = None, inject: torch.Tensor | None = None,
+                 context: TextContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(output, pre-output features) of the base UNet with ``inject`` added to its conv_in features."""
-    return unet(x, noise_labels, class_labels, text, return_features=True, inject=inject)
+    return unet(x, noise_labels, class_labels, text, return_features=True, inject=inject, context=context)
 
 
 def condition_vector(embed: ConditionEmbedding, n: int, class_labels: torch.Tensor | None,
@@ -84,7 +87,7 @@ def condition_vector(embed: ConditionEmbedding, n: int, class_labels: torch.Tens
         idx = torch.where(class_labels < 0, torch.full_like(class_labels, embed.num_classes), class_labels)
         out = embed.label(idx)
     if embed.text is not None and text is not None:
-        pooled = text.mean(dim=1) if text.ndim == 3 else text
+        pooled = masked_mean(text, token_mask(text)) if text.ndim == 3 else text
         t = embed.text(pooled.to(like.dtype))
         out = t if out is None else out + t
     return out
@@ -202,22 +205,24 @@ class NestedUNet(nn.Module):
                              "(a higher level sees a prefix of the lower level's batch)")
         n = sizes[-1]
         noise_labels = noise_labels.reshape(-1).expand(n) if noise_labels.numel() == 1 else noise_labels
-        cond = condition_vector(self.base.embed, n, class_labels, text, xs[-1]) if depth > 1 else None
-        outs, _ = self._run(depth, xs, noise_labels, class_labels, text, cond, None)
+        ctx = self.base.text_context(text)
+        pooled = ctx.pooled if ctx is not None else text
+        cond = condition_vector(self.base.embed, n, class_labels, pooled, xs[-1]) if depth > 1 else None
+        outs, _ = self._run(depth, xs, noise_labels, class_labels, text, cond, None, ctx)
         return outs
 
     def _run(self, depth: int, xs: list[torch.Tensor], t: torch.Tensor, labels: torch.Tensor | None,
-             text: torch.Tensor | None, cond: torch.Tensor | None, inject: torch.Tensor | None
-             ) -> tuple[list[torch.Tensor], torch.Tensor]:
+             text: torch.Tensor | None, cond: torch.Tensor | None, inject: torch.Tensor | None,
+             ctx: TextContext | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         if depth == 1:
-            out, feat = unet_forward(self.base, xs[0], t, labels, text, inject)
+            out, feat = unet_forward(self.base, xs[0], t, labels, text, inject, ctx)
             return [out], feat
         level = self.outer[depth - 2]
         n_hi, n_lo = xs[0].shape[0], xs[1].shape[0]
         emb = level.embed(t[:n_hi], None if cond is None else cond[:n_hi])
         h, skips = level.encode(xs[0], emb, inject)
         to_inner = _pad_batch(level.in_adapter(h), n_lo)      # zero features for low-res-only examples
-        outs, feat = self._run(depth - 1, xs[1:], t, labels, text, cond, to_inner)
+        outs, feat = self._run(depth - 1, xs[1:], t, labels, text, cond, to_inner, ctx)
         h = h + level.out_adapter(feat[:n_hi])
         out, feat_hi = level.decode(h, skips, emb)
         return [out] + outs, feat_hi

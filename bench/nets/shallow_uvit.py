@@ -10,6 +10,12 @@ shallow shell it is pretrained in, and the high-resolution shell it is grown int
   ending in a stride-2 conv, the last one landing exactly on the core's grid and width) and a mirrored
   ``GrownDecoder`` (nearest ×2 + conv, ResBlocks fed the encoder's skips, zero-initialised output conv).
 
+Token text: the core owns the caption path (TextTokens: null substitution, optional projection, masked-mean
+pool added to the embedding) and cross-attends to the tokens in every transformer block; a shell computes
+``context(text)`` once and passes it to ``embed`` and ``transform``, so both shells feed the core alike; their
+ResBlocks see the caption through the embedding. The text modules are part of the core: reused and frozen
+with it when growing.
+
 The core has no ``forward``: a shell drives it (``embed`` then ``transform``), so one shell call is one
 network evaluation (NFE) and the core is never a top-level call of its own.
 """
@@ -19,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.nets.text_cond import TextContext, TextTokens
 from bench.nets.unet import ConditionEmbedding, ResBlock, group_norm, zero_init
 from bench.nets.uvit import TransformerBlock
 
@@ -27,26 +34,40 @@ class TransformerCore(nn.Module):
     """Condition embedding + ``depth`` transformer blocks on (N, width, grid, grid) feature maps."""
 
     def __init__(self, grid: int, width: int, depth: int, heads: int, emb_dim: int, noise_channels: int = 128,
-                 num_classes: int = 0, text_dim: int = 0, mlp_ratio: int = 4, dropout: float = 0.0):
+                 num_classes: int = 0, text_dim: int = 0, mlp_ratio: int = 4, dropout: float = 0.0,
+                 text_mode: str = "pooled", text_proj_dim: int | None = None, null_text: str = "learned"):
         super().__init__()
         self.grid, self.width, self.emb_dim = grid, width, emb_dim
-        self.embedding = ConditionEmbedding(noise_channels, emb_dim, num_classes, text_dim)
+        tokens = bool(text_dim) and text_mode == "tokens"
+        self.text_tokens = TextTokens(text_dim, text_proj_dim, null_text) if tokens else None
+        ctx_dim = self.text_tokens.dim if tokens else 0
+        self.embedding = ConditionEmbedding(noise_channels, emb_dim, num_classes, ctx_dim or text_dim)
         self.pos = nn.Parameter(torch.randn(1, grid * grid, width) * 0.02)
-        self.blocks = nn.ModuleList([TransformerBlock(width, heads, emb_dim, mlp_ratio, dropout)
+        self.blocks = nn.ModuleList([TransformerBlock(width, heads, emb_dim, mlp_ratio, dropout, ctx_dim)
                                      for _ in range(depth)])
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
-    def embed(self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
-              text: torch.Tensor | None = None) -> torch.Tensor:
-        return self.embedding(noise_labels, class_labels, text)
+    def context(self, text: torch.Tensor | None) -> TextContext | None:
+        """The caption's TextContext when the core cross-attends to tokens, else None."""
+        if self.text_tokens is None:
+            return None
+        if text is None:
+            raise ValueError("this core cross-attends to caption tokens: pass text (N, L, D)")
+        return self.text_tokens(text)
 
-    def transform(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def embed(self, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
+              text: torch.Tensor | None = None, ctx: TextContext | None = None) -> torch.Tensor:
+        if ctx is None:
+            ctx = self.context(text)
+        return self.embedding(noise_labels, class_labels, ctx.pooled if ctx is not None else text)
+
+    def transform(self, h: torch.Tensor, emb: torch.Tensor, ctx: TextContext | None = None) -> torch.Tensor:
         n, c, gh, gw = h.shape
         if (c, gh, gw) != (self.width, self.grid, self.grid):
             raise ValueError(f"core expects (N, {self.width}, {self.grid}, {self.grid}) features, got {tuple(h.shape)}")
         tokens = h.flatten(2).transpose(1, 2) + self.pos
         for block in self.blocks:
-            tokens = block(tokens, emb)
+            tokens = block(tokens, emb, ctx)
         return self.norm(tokens).transpose(1, 2).reshape(n, c, gh, gw)
 
 
@@ -63,9 +84,10 @@ class ShallowShell(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
                 text: torch.Tensor | None, core: TransformerCore) -> torch.Tensor:
-        emb = core.embed(noise_labels, class_labels, text)
+        ctx = core.context(text)
+        emb = core.embed(noise_labels, class_labels, text, ctx)
         h = self.encoder(self.entry(x), emb)
-        h = self.decoder(core.transform(h, emb), emb)
+        h = self.decoder(core.transform(h, emb, ctx), emb)
         return self.exit(F.silu(self.norm_out(h)))
 
 
@@ -141,9 +163,10 @@ class GrownShell(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None,
                 text: torch.Tensor | None, core: TransformerCore) -> torch.Tensor:
-        emb = core.embed(noise_labels, class_labels, text)
+        ctx = core.context(text)
+        emb = core.embed(noise_labels, class_labels, text, ctx)
         h, skips = self.encoder(x, emb)
-        return self.decoder(core.transform(h, emb), skips, emb)
+        return self.decoder(core.transform(h, emb, ctx), skips, emb)
 
 
 __all__ = ["TransformerCore", "ShallowShell", "GrownEncoder", "GrownDecoder", "GrownShell"]

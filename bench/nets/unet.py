@@ -5,6 +5,13 @@ caption embeddings are added to the embedding; ResBlocks with AdaGN (scale-shift
 BigGAN-style up/down-sampling inside the block; self-attention at chosen resolutions; dropout that can
 be limited to low resolutions (simple diffusion's placement). Output convs are zero-initialised so a
 fresh network predicts 0.
+
+Token text conditioning (``text_mode="tokens"``, MDM's inner UNet): caption tokens (N, L, text_dim) are
+optionally projected (``text_proj_dim``, MDM ``lm_proj``), their masked mean is added to the embedding, and
+every attention block also cross-attends to them (shared queries, self- + cross-attention outputs summed
+before the zero-init output projection, as MDM's SelfAttention), optionally followed by an attention FFN
+(GN → 1×1 conv 4C → GELU → zero-init 1×1 conv, residual). ``attn_layers`` stacks several attention blocks
+per ResBlock at a resolution (MDM 256: 1 at 32×32, 5 at 16×16).
 """
 from __future__ import annotations
 
@@ -15,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict
 from torch import nn
+
+from bench.nets.text_cond import CrossAttention, TextContext, TextTokens, masked_mean, token_mask
 
 
 class UNetConfig(BaseModel):
@@ -29,6 +38,10 @@ class UNetConfig(BaseModel):
     dropout_max_res: int | None = None   # dropout only where feature resolution <= this (None: everywhere)
     resample: str = "biggan"             # "biggan": ResBlock up/down; "conv": strided conv / nearest+conv
     emb_mult: int = 4                    # embedding width = emb_mult * model_channels
+    attn_layers: tuple[int, ...] | None = None   # attention blocks per ResBlock, one entry per attn_resolutions
+    attention_ffn: bool = False          # MDM use_attention_ffn: an FFN after each attention block
+    text_proj_dim: int | None = None     # tokens: project caption tokens to this width first (MDM lm_proj)
+    null_text: str = "learned"           # tokens: null sequence of dropped captions (bench.nets.text_cond)
 
 
 # Architectures of CARDS.md (ADM configurations; EDM trains ImageNet-64 on the ADM one).
@@ -109,18 +122,31 @@ class ResBlock(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    def __init__(self, channels: int, channels_per_head: int = 64):
+    """Self-attention over the feature map; with ``context_dim`` also cross-attention to caption tokens
+    (same queries, outputs summed); with ``ffn`` an attention FFN after it."""
+
+    def __init__(self, channels: int, channels_per_head: int = 64, context_dim: int = 0, ffn: bool = False):
         super().__init__()
         self.heads = max(1, channels // channels_per_head)
         self.norm = group_norm(channels)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
+        self.cross = CrossAttention(channels, context_dim, self.heads) if context_dim else None
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
+        self.ffn = nn.Sequential(group_norm(channels), nn.Conv2d(channels, 4 * channels, 1), nn.GELU(),
+                                 zero_init(nn.Conv2d(4 * channels, channels, 1))) if ffn else None
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor | None = None, ctx: TextContext | None = None
+                ) -> torch.Tensor:
         n, c, h, w = x.shape
         q, k, v = self.qkv(self.norm(x)).reshape(n, 3, self.heads, c // self.heads, h * w).unbind(1)
-        out = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2))
-        return x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        q = q.transpose(-1, -2)
+        out = F.scaled_dot_product_attention(q, k.transpose(-1, -2), v.transpose(-1, -2))
+        if self.cross is not None:
+            if ctx is None:
+                raise ValueError("this attention block cross-attends to caption tokens: pass text")
+            out = out + self.cross(q, ctx)
+        x = x + self.proj(out.transpose(-1, -2).reshape(n, c, h, w))
+        return x + self.ffn(x) if self.ffn is not None else x
 
 
 class Downsample(nn.Module):
@@ -161,7 +187,7 @@ class ConditionEmbedding(nn.Module):
             idx = torch.where(class_labels < 0, torch.full_like(class_labels, self.num_classes), class_labels)
             emb = emb + self.label(idx)
         if self.text is not None and text is not None:
-            t = text.mean(dim=1) if text.ndim == 3 else text      # pooled caption embedding
+            t = masked_mean(text, token_mask(text)) if text.ndim == 3 else text   # pooled caption embedding
             emb = emb + self.text(t.to(emb.dtype))
         return F.silu(emb)
 
@@ -170,13 +196,23 @@ class UNet(nn.Module):
     """forward(x, noise_labels, class_labels=None, text=None) -> same shape as x (out_channels)."""
 
     def __init__(self, resolution: int, in_channels: int = 3, out_channels: int = 3, num_classes: int = 0,
-                 text_dim: int = 0, config: UNetConfig | None = None, **overrides):
+                 text_dim: int = 0, config: UNetConfig | None = None, text_mode: str = "pooled", **overrides):
         super().__init__()
-        cfg = (config or UNetConfig()).model_copy(update=overrides)
+        cfg = UNetConfig.model_validate({**(config or UNetConfig()).model_dump(), **overrides})
         self.config, self.resolution = cfg, resolution
         mc = cfg.model_channels
         emb_dim = cfg.emb_mult * mc
-        self.embed = ConditionEmbedding(mc, emb_dim, num_classes, text_dim)
+        if cfg.attn_layers is not None and len(cfg.attn_layers) != len(cfg.attn_resolutions):
+            raise ValueError(f"attn_layers {list(cfg.attn_layers)}: expected one entry per attn_resolutions "
+                             f"{list(cfg.attn_resolutions)}")
+        n_attn = dict(zip(cfg.attn_resolutions, cfg.attn_layers or [1] * len(cfg.attn_resolutions)))
+        tokens = bool(text_dim) and text_mode == "tokens"
+        self.text_tokens = TextTokens(text_dim, cfg.text_proj_dim, cfg.null_text) if tokens else None
+        ctx_dim = self.text_tokens.dim if tokens else 0
+        self.embed = ConditionEmbedding(mc, emb_dim, num_classes, ctx_dim or text_dim)
+
+        def attention(c: int) -> list[nn.Module]:
+            return [AttentionBlock(c, cfg.channels_per_head, ctx_dim, cfg.attention_ffn)]
         n_levels = len(cfg.channel_mult)
         if resolution % (2 ** (n_levels - 1)):
             raise ValueError(f"resolution {resolution} is not divisible by 2^{n_levels - 1} (channel_mult levels)")
@@ -202,19 +238,18 @@ class UNet(nn.Module):
             for _ in range(cfg.num_blocks):
                 layers = [ResBlock(c, mc * mult, emb_dim, drop(res))]
                 c = mc * mult
-                if res in cfg.attn_resolutions:
-                    layers.append(AttentionBlock(c, cfg.channels_per_head))
+                for _ in range(n_attn.get(res, 0)):
+                    layers += attention(c)
                 self.down.append(nn.ModuleList(layers))
                 skips.append(c)
-        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, drop(res)), AttentionBlock(c, cfg.channels_per_head),
-                                  ResBlock(c, c, emb_dim, drop(res))])
+        self.mid = nn.ModuleList([ResBlock(c, c, emb_dim, drop(res)), *attention(c), ResBlock(c, c, emb_dim, drop(res))])
         self.up = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for _ in range(cfg.num_blocks + 1):
                 layers = [ResBlock(c + skips.pop(), mc * mult, emb_dim, drop(res))]
                 c = mc * mult
-                if res in cfg.attn_resolutions:
-                    layers.append(AttentionBlock(c, cfg.channels_per_head))
+                for _ in range(n_attn.get(res, 0)):
+                    layers += attention(c)
                 self.up.append(nn.ModuleList(layers))
             if level > 0:
                 self.up.append(upsampler(c, res))
@@ -224,37 +259,46 @@ class UNet(nn.Module):
         self.out_width = c
 
     @staticmethod
-    def _run(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        if isinstance(layer, nn.ModuleList):
-            for sub in layer:
-                h = sub(h, emb)
-            return h
-        return layer(h, emb)
+    def _run(layer: nn.Module, h: torch.Tensor, emb: torch.Tensor, ctx: TextContext | None = None) -> torch.Tensor:
+        for sub in (layer if isinstance(layer, nn.ModuleList) else [layer]):
+            h = sub(h, emb, ctx) if isinstance(sub, AttentionBlock) else sub(h, emb)
+        return h
+
+    def text_context(self, text: torch.Tensor | None) -> TextContext | None:
+        """The caption's TextContext (tokens mode), else None (pooled text goes straight to the embedding)."""
+        if self.text_tokens is None or text is None:
+            return None
+        return self.text_tokens(text)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
                 text: torch.Tensor | None = None, return_features: bool = False,
-                inject: torch.Tensor | None = None):
-        """``inject`` is added to the conv_in features (how an outer level feeds a nested inner UNet)."""
-        emb = self.embed(noise_labels, class_labels, text)
+                inject: torch.Tensor | None = None, context: TextContext | None = None):
+        """``inject`` is added to the conv_in features (how an outer level feeds a nested inner UNet);
+        ``context`` is a precomputed text_context(text) (the NestedUNet computes it once for all levels)."""
+        ctx = context if context is not None else self.text_context(text)
+        if self.text_tokens is not None and ctx is None:
+            raise ValueError("this UNet cross-attends to caption tokens: pass text (N, L, D)")
+        emb = self.embed(noise_labels, class_labels, ctx.pooled if ctx is not None else text)
         h = self.conv_in(x)
         if inject is not None:
             h = h + inject
         skips = [h]
         for layer in self.down:
-            h = self._run(layer, h, emb)
+            h = self._run(layer, h, emb, ctx)
             skips.append(h)
         for layer in self.mid:
-            h = layer(h, emb)
+            h = self._run(layer, h, emb, ctx)
         for layer in self.up:
             if isinstance(layer, nn.ModuleList):
                 h = torch.cat([h, skips.pop()], dim=1)
-            h = self._run(layer, h, emb)
+            h = self._run(layer, h, emb, ctx)
         out = self.conv_out(F.silu(self.norm_out(h)))
         return (out, h) if return_features else out
 
 
 def build_unet(resolution: int, preset: str | dict | UNetConfig = "cpu-tiny", in_channels: int = 3,
-               out_channels: int = 3, num_classes: int = 0, text_dim: int = 0, **overrides) -> UNet:
+               out_channels: int = 3, num_classes: int = 0, text_dim: int = 0, text_mode: str = "pooled",
+               **overrides) -> UNet:
     if isinstance(preset, str):
         if preset not in UNET_PRESETS:
             raise ValueError(f"unknown UNet preset {preset!r}; presets: {', '.join(UNET_PRESETS)}")
@@ -263,7 +307,7 @@ def build_unet(resolution: int, preset: str | dict | UNetConfig = "cpu-tiny", in
         cfg = UNetConfig(**preset)
     else:
         cfg = preset
-    return UNet(resolution, in_channels, out_channels, num_classes, text_dim, cfg, **overrides)
+    return UNet(resolution, in_channels, out_channels, num_classes, text_dim, cfg, text_mode, **overrides)
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:

@@ -13,6 +13,11 @@ Input transforms for high resolution (the network never sees the full-resolution
 Dropout only where the feature grid is at most ``dropout_max_res`` and never on the top-resolution grid.
 Transformer blocks are pre-LayerNorm with scale/shift from the conditioning embedding (adaLN) and
 zero-initialised residual projections, so a fresh block is the identity.
+
+Token text (``text_mode="tokens"``): every transformer block gets a pre-LN cross-attention sub-layer onto
+the caption tokens (key padding mask honoured, zero-init output projection) between self-attention and
+MLP; the masked-mean pooled caption is also added to the conditioning embedding. The conv stages see the
+caption only through that embedding.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from bench.nets.text_cond import CrossAttention, TextContext, TextTokens
 from bench.nets.unet import ConditionEmbedding, Downsample, ResBlock, Upsample, group_norm, zero_init
 
 INPUT_TRANSFORMS = ("none", "haar", "legall53", "patch")
@@ -122,7 +128,8 @@ class DWT(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-LN self-attention + MLP on (N, L, W) tokens; adaLN scale/shift from the embedding."""
 
-    def __init__(self, width: int, heads: int, emb_dim: int, mlp_ratio: int = 4, dropout: float = 0.0):
+    def __init__(self, width: int, heads: int, emb_dim: int, mlp_ratio: int = 4, dropout: float = 0.0,
+                 context_dim: int = 0):
         super().__init__()
         if width % heads:
             raise ValueError(f"transformer width {width} is not divisible by heads {heads}")
@@ -135,14 +142,27 @@ class TransformerBlock(nn.Module):
         self.fc1 = nn.Linear(width, mlp_ratio * width)
         self.fc2 = zero_init(nn.Linear(mlp_ratio * width, width))
         self.dropout = nn.Dropout(dropout)
+        if context_dim:    # built last so pooled-text and unconditional blocks keep their initialisation
+            self.norm_cross = nn.LayerNorm(width, eps=1e-6)
+            self.q_cross = nn.Linear(width, width)
+            self.cross = CrossAttention(width, context_dim, heads)
+            self.proj_cross = zero_init(nn.Linear(width, width))
+        else:
+            self.cross = None
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, ctx: TextContext | None = None) -> torch.Tensor:
         n, length, w = h.shape
         scale1, shift1, scale2, shift2 = self.modulation(emb)[:, None, :].chunk(4, dim=-1)
         a = torch.addcmul(shift1, self.norm1(h), scale1 + 1)
         q, k, v = self.qkv(a).reshape(n, length, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
         att = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, w)
         h = h + self.dropout(self.proj(att))
+        if self.cross is not None:
+            if ctx is None:
+                raise ValueError("this transformer block cross-attends to caption tokens: pass text")
+            qc = self.q_cross(self.norm_cross(h)).reshape(n, length, self.heads, w // self.heads).transpose(1, 2)
+            c = self.cross(qc, ctx).transpose(1, 2).reshape(n, length, w)
+            h = h + self.dropout(self.proj_cross(c))
         m = torch.addcmul(shift2, self.norm2(h), scale2 + 1)
         return h + self.fc2(self.dropout(F.gelu(self.fc1(m))))
 
@@ -164,6 +184,8 @@ class UViTConfig(BaseModel):
     transform_levels: int = Field(1, ge=1, description="DWT levels")
     patch_size: int = Field(2, ge=2)
     emb_mult: int = Field(4, ge=1)
+    text_proj_dim: int | None = Field(None, ge=1, description="tokens: project caption tokens to this width")
+    null_text: str = Field("learned", description="tokens: null sequence of dropped captions (learned | zero)")
 
     @field_validator("input_transform")
     @classmethod
@@ -183,7 +205,7 @@ class UViT(nn.Module):
     """forward(x, noise_labels, class_labels=None, text=None) -> same shape as x."""
 
     def __init__(self, resolution: int, in_channels: int = 3, num_classes: int = 0, text_dim: int = 0,
-                 config: UViTConfig | None = None, **overrides):
+                 config: UViTConfig | None = None, text_mode: str = "pooled", **overrides):
         super().__init__()
         cfg = UViTConfig.model_validate({**(config or UViTConfig()).model_dump(), **overrides})
         self.config = cfg
@@ -199,7 +221,10 @@ class UViT(nn.Module):
                              f"{top}x{top} feature maps; expected a value below {top}")
         c0 = cfg.channels[0]
         emb_dim = cfg.emb_mult * c0
-        self.embed = ConditionEmbedding(c0, emb_dim, num_classes, text_dim)
+        tokens = bool(text_dim) and text_mode == "tokens"
+        self.text_tokens = TextTokens(text_dim, cfg.text_proj_dim, cfg.null_text) if tokens else None
+        ctx_dim = self.text_tokens.dim if tokens else 0
+        self.embed = ConditionEmbedding(c0, emb_dim, num_classes, ctx_dim or text_dim)
 
         def drop(res: int) -> float:
             return cfg.dropout if res <= cfg.dropout_max_res else 0.0
@@ -234,7 +259,7 @@ class UViT(nn.Module):
         w = cfg.transformer_width
         self.to_tokens = nn.Linear(c, w)
         self.pos = nn.Parameter(torch.randn(1, res * res, w) * 0.02)
-        self.transformer = nn.ModuleList([TransformerBlock(w, cfg.heads, emb_dim, cfg.mlp_ratio, drop(res))
+        self.transformer = nn.ModuleList([TransformerBlock(w, cfg.heads, emb_dim, cfg.mlp_ratio, drop(res), ctx_dim)
                                           for _ in range(cfg.transformer_depth)])
         self.norm_tokens = nn.LayerNorm(w, eps=1e-6)
         self.from_tokens = nn.Linear(w, c)
@@ -255,7 +280,12 @@ class UViT(nn.Module):
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
                 text: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.embed(noise_labels, class_labels, text)
+        ctx = None
+        if self.text_tokens is not None:
+            if text is None:
+                raise ValueError("this U-ViT cross-attends to caption tokens: pass text (N, L, D)")
+            ctx = self.text_tokens(text)
+        emb = self.embed(noise_labels, class_labels, ctx.pooled if ctx is not None else text)
         h = self.conv_in(self.dwt(x) if self.dwt is not None else x)
         skips = []
         for blocks, down in zip(self.down, self.downsample):
@@ -266,7 +296,7 @@ class UViT(nn.Module):
         n, c, hh, ww = h.shape
         tokens = self.to_tokens(h.flatten(2).transpose(1, 2)) + self.pos
         for block in self.transformer:
-            tokens = block(tokens, emb)
+            tokens = block(tokens, emb, ctx)
         h = self.from_tokens(self.norm_tokens(tokens)).transpose(1, 2).reshape(n, c, hh, ww)
         for up, blocks in zip(self.upsample, self.up):
             h = up(h)
