@@ -390,12 +390,12 @@ def _run_stage(cfg, method, ema, stage, stage_idx, budget, stage_done, images, f
                 if at_log or stop:
                     acc, acc_n, tick, tick_images = {}, 0, time.perf_counter(), images
                     next_log = (images // t.log_images + 1) * t.log_images
-            loggers.preview(method, ema, images)    # every train.preview_images images, rank 0; own RNG
                 if at_ckpt or stop:
                     _save(store, method, ema, opt, stage_idx, stage_done, images, flops, rank)
                     next_ckpt = (images // t.checkpoint_images + 1) * t.checkpoint_images
             for hook in STEP_HOOKS:
                 hook("end", images, synced)
+            loggers.preview(method, ema, images)    # every train.preview_images images, rank 0; own RNG
             if stop:
                 return stage_done, images, flops, True
     finally:

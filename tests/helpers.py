@@ -1,6 +1,7 @@
 """Small shared helpers for the tests (tiny run configs, weight comparison)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -42,3 +43,46 @@ def state_close(a: dict, b: dict, rtol: float = 1e-4, atol: float = 1e-6) -> tup
                 if not torch.allclose(a[k][n], b[k][n], rtol=rtol, atol=atol):
                     return False, worst
     return True, worst
+
+
+# ---- float tolerances ------------------------------------------------------------------------------------
+def reduction_atol(dtype: torch.dtype, magnitude: float, length: int, depth: int = 1, safety: float = 4.0) -> float:
+    """Largest |a - b| expected between two evaluations of the same float expression that differ only in
+    the order of their reductions (batched vs unbatched kernels, BLAS blocking, compiled vs eager, a 2-rank
+    all-reduce vs one sum).
+
+    Each evaluation of a sum of ``length`` terms of size ≤ ``magnitude`` is within γ_n·n·magnitude of the
+    exact value in the worst case, and within about sqrt(n)·eps·magnitude when rounding errors are
+    independent (the usual case, and what BLAS blocking gives); two evaluations differ by up to twice that.
+    Through ``depth`` layers of a network (Lipschitz ≈ 1 after normalisation) the per-layer errors add up.
+    ``safety`` covers the constant. Where the exact value is ~0 by cancellation no relative bound exists:
+    compare such quantities with their own scale.
+    """
+    eps = torch.finfo(dtype).eps
+    return safety * 2.0 * eps * math.sqrt(max(int(length), 1)) * max(int(depth), 1) * float(magnitude)
+
+
+def net_reduction_shape(*modules: torch.nn.Module) -> tuple[int, int]:
+    """(longest reduction, number of layers) of the linear / conv layers in ``modules``: the ``length`` and
+    ``depth`` of :func:`reduction_atol` for a network's output."""
+    length, depth = 1, 0
+    for mod in modules:
+        for m in mod.modules():
+            if isinstance(m, torch.nn.Linear):
+                length, depth = max(length, m.in_features), depth + 1
+            elif isinstance(m, torch.nn.Conv2d):
+                k = m.kernel_size[0] * m.kernel_size[1]
+                length, depth = max(length, m.in_channels // m.groups * k), depth + 1
+    return length, max(depth, 1)
+
+
+def assert_reduction_close(a: torch.Tensor, b: torch.Tensor, length: int, depth: int = 1,
+                           magnitude: float | None = None, what: str = "") -> None:
+    """``a`` ≈ ``b`` within :func:`reduction_atol` for their dtype and magnitude (default: max |a|, |b|, 1)."""
+    assert a.shape == b.shape, f"{what}: shapes {tuple(a.shape)} vs {tuple(b.shape)}"
+    if magnitude is None:
+        magnitude = max(float(a.abs().max()), float(b.abs().max()), 1.0)
+    tol = reduction_atol(a.dtype, magnitude, length, depth)
+    worst = float((a - b).abs().max())
+    assert worst <= tol, f"{what}: max |a - b| = {worst:.3g} > {tol:.3g} (dtype {a.dtype}, magnitude " \
+                         f"{magnitude:.3g}, reduction length {length}, depth {depth})"

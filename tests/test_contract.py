@@ -15,7 +15,8 @@ from bench.diffusion.rng import StackedRandom
 from bench.method import build_method, load_all
 from bench.sample import load_run
 from bench.train import train
-from helpers import state_close, state_equal, tiny_preset, tiny_run_config
+from helpers import (assert_reduction_close, net_reduction_shape, reduction_atol, state_equal, tiny_preset,
+                     tiny_run_config)
 
 METHODS = sorted(load_all())
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,9 +83,12 @@ def test_per_image_seeds_independent_of_batch(name):
             for p in mod.parameters():
                 p.add_(0.02 * torch.randn_like(p))
     cond = m.example_condition(4)
-    full, _ = m.sample(StackedRandom([10, 11, 12, 13]), cond, steps=3)
+    full, nfe = m.sample(StackedRandom([10, 11, 12, 13]), cond, steps=3)
     half, _ = m.sample(StackedRandom([12, 13]), cond.select(slice(2, 4)), steps=3)
-    torch.testing.assert_close(full[2:], half, rtol=1e-4, atol=1e-4)
+    # The noise is per seed (bit-exact); the network's arithmetic on a batch of 4 vs 2 may sum in another
+    # order, so images agree within the rounding of NFE passes through the net (outputs in [-1, 1]).
+    length, depth = net_reduction_shape(*(m.modules()[k] for k in m.sampling_modules()))
+    assert_reduction_close(full[2:], half, length, depth * max(nfe, 1), magnitude=1.0, what="batch 4 vs 2")
     other, _ = m.sample(StackedRandom([14, 15]), cond.select(slice(2, 4)), steps=3)
     assert not torch.allclose(other, half), "different seeds gave the same images"
 
@@ -160,10 +164,28 @@ def test_ddp_two_ranks_match_one_process(name, tmp_path):
                    MASTER_PORT=str(port), OMP_NUM_THREADS="1")
         procs.append(subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", code], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    try:
+        outs = [p.communicate(timeout=240)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        raise AssertionError("2-rank run hung: " + " | ".join((p.communicate()[0] or "")[-2000:] for p in procs))
     assert all(p.returncode == 0 for p in procs), \
         "\n".join(f"rank {r}: exit {p.returncode}\n{o[-3000:]}" for r, (p, o) in enumerate(zip(procs, outs)))
     s1 = load_checkpoint(CheckpointStore(tmp_path / "one" / "ckpt").latest())["method"]
     s2 = load_checkpoint(CheckpointStore(tmp_path / "two" / "ckpt").latest())["method"]
-    ok, worst = state_close(s1, s2, rtol=1e-4, atol=1e-5)
-    assert ok, f"DDP weights differ from one process (max abs diff {worst})"
+    # 2 ranks average two half-batch gradients where one process sums the whole batch: gradients agree to a
+    # relative δ = reduction_atol(f32, 1, B·R², depth); Adam's update moves by ≤ lr per step and by ≤ 2δ·lr
+    # under such a perturbation, so after k steps each weight agrees within k·lr·2δ (plus its own rounding).
+    m = build_method(name, preset, over)
+    length, depth = net_reduction_shape(*m.modules().values())
+    res = max(r for s in m.stages() for r in s.resolutions)
+    delta = reduction_atol(torch.float32, 1.0, 4 * res * res, depth)
+    steps = images // 4
+    for mod in s1:
+        for k, a in s1[mod].items():
+            if a.is_floating_point():
+                b = s2[mod][k]
+                tol = steps * cfg.train.lr * 2 * delta + reduction_atol(torch.float32, float(a.abs().max()), 1)
+                worst = float((a - b).abs().max()) if a.numel() else 0.0
+                assert worst <= tol, f"DDP {mod}.{k} differs from one process by {worst:.3g} > {tol:.3g}"
