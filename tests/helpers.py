@@ -86,3 +86,15 @@ def assert_reduction_close(a: torch.Tensor, b: torch.Tensor, length: int, depth:
     worst = float((a - b).abs().max())
     assert worst <= tol, f"{what}: max |a - b| = {worst:.3g} > {tol:.3g} (dtype {a.dtype}, magnitude " \
                          f"{magnitude:.3g}, reduction length {length}, depth {depth})"
+
+
+def adam_weight_atol(lr: float, steps: int, grad_rel_err: float, cancellation: float = 10.0) -> float:
+    """Bound on |w_a − w_b| after ``steps`` Adam steps from equal weights whose gradients differ by a relative
+    ``grad_rel_err`` (e.g. reduction_atol(f32, 1, length, depth) for a 2-rank all-reduce vs one sum).
+
+    Step t's update lr·m̂/(√v̂ + ε) moves by at most lr·δ·Σ_s w_s |g_s|/√v̂ ≤ lr·δ·√t under relative gradient
+    perturbations δ (|g_s| ≤ √(t·v̂) for Adam's β2 ≈ 1), so k steps differ by ≤ 2·lr·δ·Σ_t √t (both runs
+    err). Reduction error is relative to Σ|terms|, not to |Σ terms|: gradients that are sums of signed
+    per-example terms cancel, and ``cancellation`` bounds Σ|terms| / |Σ terms| (no bound exists for
+    gradients that are 0 in exact arithmetic: iCT scales its loss for that reason, see its docstring)."""
+    return 2.0 * lr * cancellation * grad_rel_err * sum(math.sqrt(t) for t in range(1, steps + 1))

@@ -16,7 +16,8 @@ from bench.checkpoint import CheckpointStore, load_checkpoint
 from bench.ema import EMA
 from bench.method import build_method, load_all
 from bench.perf.trainer import count_scalar_reads
-from helpers import (assert_reduction_close, net_reduction_shape, reduction_atol, tiny_preset, tiny_run_config)
+from helpers import (adam_weight_atol, assert_reduction_close, net_reduction_shape, reduction_atol, tiny_preset,
+                     tiny_run_config)
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = sorted(load_all())
@@ -93,7 +94,8 @@ def _assert_ddp_close(one: dict, two: dict, cfg, name: str, over: dict, steps: i
     for mod in one:
         for k, a in one[mod].items():
             if a.is_floating_point() and a.numel():
-                tol = steps * cfg.train.lr * 2 * delta + reduction_atol(torch.float32, float(a.abs().max()), 1)
+                tol = adam_weight_atol(cfg.train.lr, steps, delta) + \
+                    reduction_atol(torch.float32, float(a.abs().max()), 1)
                 worst = float((a - two[mod][k]).abs().max())
                 assert worst <= tol, f"{mod}.{k}: {worst:.3g} > {tol:.3g}"
 

@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--json", default=None, metavar="FILE", help="write every number as JSON")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=lambda a: __import__("bench.perf.trainer", fromlist=["x"]).run_perf_trainer(a))
-    for name, mod, fn in (("eval", "bench.perf.eval", "run_perf_eval"), ("data", "bench.perf.data", "run_perf_data")):
+    for name, mod, fn in (("eval", "bench.perf.eval", "run_perf_eval"), ("data", "bench.perf.data", "run_perf_data"),
+                          ("gpu", "bench.perf.gpu", "run_perf_gpu")):
         q = which.add_parser(name, help=f"{name} benchmark", add_help=True)
         q.set_defaults(func=lambda a, mod=mod, fn=fn: getattr(__import__(mod, fromlist=["x"]), fn)(a),
                        perf_name=name, accepts_overrides=True)
