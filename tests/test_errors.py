@@ -145,3 +145,15 @@ def test_skipped_images_are_counted(tmp_path, capsys):
     warnings = [ln for ln in err.splitlines() if ln.startswith("warning: skipping unreadable image")]
     assert len(warnings) == 2 and "2 skipped so far" in warnings[-1], err
     assert {"broken.png", "cut.png"} == {w.split("image ")[1].split(":")[0].rsplit("/", 1)[-1] for w in warnings}
+
+
+def test_perf_json_option_is_parsed_and_bad_options_are_one_line(tmp_path, capsys):
+    from bench.perf.common import pop_json_option
+
+    assert pop_json_option(["workers=1", "--json", "a.json"]) == ("a.json", ["workers=1"])
+    assert pop_json_option(["--json=b.json"]) == ("b.json", [])
+    assert main(["perf", "data", "wrkers=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bench perf: error:") and "unknown option 'wrkers'" in err and "\n" not in err
+    assert main(["perf", "data", "--json"]) == 2
+    assert "--json: expected a file name" in capsys.readouterr().err

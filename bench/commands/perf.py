@@ -14,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=int, default=30)
     t.add_argument("--repeats", type=int, default=3)
     t.add_argument("--device", default="auto")
-    t.set_defaults(func=lambda a: __import__("bench.perf_trainer", fromlist=["x"]).run_perf_trainer(a))
-    for name, mod, fn in (("eval", "bench.perf_eval", "run_perf_eval"), ("data", "bench.perf_data", "run_perf_data")):
+    t.set_defaults(func=lambda a: __import__("bench.perf.trainer", fromlist=["x"]).run_perf_trainer(a))
+    for name, mod, fn in (("eval", "bench.perf.eval", "run_perf_eval"), ("data", "bench.perf.data", "run_perf_data")):
         q = which.add_parser(name, help=f"{name} benchmark", add_help=True)
         q.set_defaults(func=lambda a, mod=mod, fn=fn: getattr(__import__(mod, fromlist=["x"]), fn)(a),
                        perf_name=name, accepts_overrides=True)
