@@ -1,22 +1,25 @@
 """Counting what training a stage costs: FLOPs per example, and the bytes it holds.
 
-FLOPs come from torch.utils.flop_counter (a multiply-add = 2 FLOPs) over one loss forward + backward on
+FLOPs follow torch.utils.flop_counter (a multiply-add = 2 FLOPs) for one loss forward + backward on
 ``method.flops_batch(stage)`` examples, with the trainer's frozen set frozen (no weight gradients for
 frozen modules) and its train / eval modes. Two ways, one number:
 
-- ``training_flops(method, stage)``: on a live method, with real tensors on its device (the trainer);
-- ``stage_costs(name, preset, config)``: on a twin built on torch's meta device (planning): shapes only,
-  no memory and no arithmetic, so a billion-parameter preset is counted in about a second on a CPU.
+- ``training_flops(method, stage)``: on a live method, real tensors on its device, torch's counter over a
+  real forward + backward (the trainer);
+- ``stage_costs(name, preset, config)``: planning, on a twin built on torch's meta device (shapes only, no
+  memory, no arithmetic). Only the loss *forward* runs; each matmul / convolution / attention adds the
+  backward torch would count, read off which operands require gradients (``_ForwardCounter``). A
+  paper-scale preset is counted in about a second on a CPU.
 
-What keeps the two equal:
+What keeps the two equal (tests/test_flops.py checks it exactly on every adapter's cpu-tiny preset):
 - attention: torch counts its fused kernels differently (the CPU flash kernel not at all, the GPU ones
   with the backward's recompute) and the meta device runs the math path. Every variant is counted here as
   the math path does (forward QKᵀ and AV; backward four matmuls of those sizes): the algorithm's FLOPs,
   the same on every device and kernel;
 - host reads: losses read values on the host (logging ``float(x.mean())``, range checks). A meta tensor
   has no value, so reads are answered with a stand-in (NaN / 0 / False) that only feeds logs and checks.
-  A loss whose control flow depended on tensor values would count differently on meta; the contract test
-  compares both counts exactly for every adapter's cpu-tiny preset.
+  A loss whose control flow depended on tensor values would count differently on meta; the test would
+  see it.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Both pipelines compute FID of the same N generated images against the same reference statistics
 with the same Inception weights; each runs in a fresh process so its peak RSS is its own. The
 streaming pipeline is also run at N/4 to show that its peak memory does not grow with N (both sizes
-are reported). Arguments (after `bench perf eval`): --n 256 --resolution 32 --batch 64 --ref-n 128
+are reported; the smaller is at least one full batch, so both hold the same batch). Arguments (after `bench perf eval`): --n 128 --resolution 32 --batch 32 --ref-n 64
 --assets DIR --random-weights --device auto --json FILE. The defaults finish in about 1-2 minutes on
 2 CPU cores; Inception at 299 px dominates both sides at small N, so the speed-up grows with resolution
 (PNG encoding) and N.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -20,10 +21,10 @@ from typing import Any
 
 def _parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench perf eval")
-    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--n", type=int, default=128)
     p.add_argument("--resolution", type=int, default=32)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--ref-n", type=int, default=128)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--ref-n", type=int, default=64)
     p.add_argument("--assets", default=None)
     p.add_argument("--random-weights", action="store_true", help="stage random calibrated Inception weights")
     p.add_argument("--device", default="auto")
@@ -122,20 +123,22 @@ def run_perf_eval(args: argparse.Namespace) -> int:
     if a.random_weights or a.assets is None:
         stage_random_inception(assets)
     device = str(resolve_device(a.device))
-    ds = SyntheticShapes(a.resolution, n=a.ref_n, seed=0)
-    ref = work / "ref.npz"
-    build_reference(ds, ref, assets, pr_images=0, batch=a.batch, device=device, progress=False)
-    ref_png = work / "ref_png"
-    ref_png.mkdir()
-    for i in range(len(ds)):
-        Image.fromarray(ds[i]["image"].permute(1, 2, 0).numpy()).save(ref_png / f"{i:06d}.png")
-    cfg = {"n": a.n, "resolution": a.resolution, "batch": a.batch, "device": device, "assets": str(assets.root),
-           "ref": str(ref), "ref_png": str(ref_png)}
-    small = max(2, a.n // 4)
-    with progress(4, "perf eval") as bar:
+    small = min(a.n, max(a.batch, a.n // 4))      # whole batches at both sizes: same activations
+    with progress(5, "perf eval") as bar:
+        bar.set_postfix_str(f"reference statistics, {a.ref_n} images")
+        ds = SyntheticShapes(a.resolution, n=a.ref_n, seed=0)
+        ref = work / "ref.npz"
+        build_reference(ds, ref, assets, pr_images=0, batch=a.batch, device=device, progress=False)
+        ref_png = work / "ref_png"
+        ref_png.mkdir()
+        for i in range(len(ds)):
+            Image.fromarray(ds[i]["image"].permute(1, 2, 0).numpy()).save(ref_png / f"{i:06d}.png")
+        cfg = {"n": a.n, "resolution": a.resolution, "batch": a.batch, "device": device, "assets": str(assets.root),
+               "ref": str(ref), "ref_png": str(ref_png)}
+        bar.update()
         # warm torch-fidelity's cache of the reference folder so both sides start from reference statistics
         bar.set_postfix_str("torch-fidelity reference cache")
-        in_fresh_process(_png_then_torch_fidelity, {**cfg, "n": min(a.batch, a.n)})
+        in_fresh_process(_png_then_torch_fidelity, {**cfg, "n": min(8, a.n)})
         bar.update()
         bar.set_postfix_str(f"streaming, {small} images")
         stream_small = in_fresh_process(_streaming, {**cfg, "n": small})
@@ -151,15 +154,18 @@ def run_perf_eval(args: argparse.Namespace) -> int:
               "streaming_small": stream_small, "png_then_torch_fidelity": base,
               "speedup": base["seconds"] / stream["seconds"],
               "fid_abs_diff": abs(base["fid"] - stream["fid"]),
+              "fid_rel_diff": abs(base["fid"] - stream["fid"]) / max(abs(base["fid"]), 1e-12),
               "streaming_peak_rss_growth_mib": growth,
               "clean_fid": "not run: needs the NVIDIA TorchScript Inception, which the asset folder does not stage"}
     print(f"streaming        : {stream['seconds']:7.2f} s for {a.n} images, peak RSS {stream['peak_rss_mib']:.0f} MiB "
           f"({small} images: {stream_small['seconds']:.2f} s, peak RSS {stream_small['peak_rss_mib']:.0f} MiB)")
     print(f"PNG + torch-fid. : {base['seconds']:7.2f} s for {a.n} images (writing PNGs {base['write_seconds']:.2f} s), "
           f"peak RSS {base['peak_rss_mib']:.0f} MiB")
-    print(f"FID streaming {stream['fid']:.4f} vs torch-fidelity {base['fid']:.4f} (|diff| {report['fid_abs_diff']:.2e})")
+    print(f"FID streaming {stream['fid']:.4f} vs torch-fidelity {base['fid']:.4f} "
+          f"(|diff| {report['fid_abs_diff']:.2e}, relative {report['fid_rel_diff']:.1e})")
     write_json(a.json, report)
     print(f"streaming evaluation is {report['speedup']:.2f}x faster than PNG dump + torch-fidelity "
           f"({a.n} images, {a.resolution} px, {device}); its peak memory moved {growth:+.0f} MiB from {small} to "
           f"{a.n} images")
+    shutil.rmtree(work, ignore_errors=True)
     return 0
