@@ -1,7 +1,8 @@
-"""FLOP accounting for matched compute.
+"""Matched compute: a cell's FLOP budget turned into images per stage, the spend check, and the cache of
+per-stage costs that planning reads.
 
-FLOPs are counted with torch.utils.flop_counter on a real (synthetic-shaped) batch; torch counts a
-multiply-add as 2 FLOPs. MACs = FLOPs / 2 are reported beside them.
+Costs are counted by bench.flops (torch's counter; a multiply-add = 2 FLOPs; MACs = FLOPs / 2 are
+reported beside them) on a meta-device twin of the method, so planning never runs a real network.
 """
 from __future__ import annotations
 
@@ -13,43 +14,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from bench.diffusion.rng import StackedRandom
-
-
-def measure_training_flops(method, stage, n: int = 2) -> float:
-    """FLOPs of one training example (loss forward + backward) in ``stage``."""
-    batch = method.example_batch(stage, n)
-    mods = method.modules()
-    was_training = {k: m.training for k, m in mods.items()}
-    for m in mods.values():
-        m.train()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            loss, _ = method.loss(batch, stage)
-            loss.backward()
-    finally:
-        for k, m in mods.items():
-            m.train(was_training[k])
-            m.zero_grad(set_to_none=True)
-    return counter.get_total_flops() / n
-
-
-@torch.no_grad()
-def measure_sampling_flops(method, steps: int | None = None, n: int = 1, guidance: float = 1.0) -> float:
-    """FLOPs to generate one image with ``steps`` sampler steps (NFE x FLOPs per evaluation)."""
-    for m in method.modules().values():
-        m.eval()
-    cond = method.example_condition(n)
-    with FlopCounterMode(display=False) as counter:
-        method.sample(StackedRandom(list(range(n)), device=method.device), cond, steps, guidance)
-    return counter.get_total_flops() / n
+from bench.flops import COUNTER_VERSION, FLOPS_PER_MAC, StageCost, stage_costs
+from bench.method import ConfigError, resolve_method_config
 
 
 # ---- matched budgets ---------------------------------------------------------------------------
-
-FLOPS_PER_MAC = 2          # torch's FlopCounterMode counts a multiply-add as 2 FLOPs
 
 
 @dataclass
@@ -99,8 +69,6 @@ def split_budget(budget_flops: float, stages: list[tuple[str, float, float]], ba
 
     ``stages``: (name, share, flops_per_example). Raises ConfigError when a stage gets < 1 step.
     """
-    from bench.method import ConfigError
-
     total_share = sum(s[1] for s in stages)
     if total_share <= 0:
         raise ConfigError(f"{label}: stage shares sum to {total_share}; expected > 0")
@@ -136,82 +104,59 @@ def spend_check(budget_flops: float, spent_flops: float, tolerance: float = 0.02
             "spend_flagged": bool(abs(rel) > tolerance)}
 
 
-# ---- measured FLOPs per method, cached (a 200-cell sweep must plan in seconds) -------------------
+# ---- counted costs per method, cached (a 200-cell sweep must plan in seconds) -------------------
 class FlopCache:
-    """FLOPs per training example per stage, keyed by the method's resolved config.
+    """Per-stage costs (bench.flops.StageCost) keyed by (method, resolved config, counter version).
 
-    In memory, and on disk as JSON when ``path`` is given (measuring a large net on CPU takes seconds;
-    a suite re-run or a sweep over optimiser settings must not repeat it).
+    In memory, and on disk as JSON when ``path`` is given. The key is the *resolved* method config, so a
+    preset and the same fields given as overrides share an entry; cached entries of another counter version
+    or torch version are never read.
     """
 
     def __init__(self, path: str | Path | None = None):
         self.path = Path(path) if path else None
         self._lock = threading.Lock()
-        self._mem: dict[str, list[tuple[str, float, float]]] = {}
+        self._mem: dict[str, list[StageCost]] = {}
         if self.path and self.path.is_file():
             try:
-                self._mem = {k: [tuple(x) for x in v] for k, v in json.loads(self.path.read_text()).items()}
-            except (ValueError, OSError):
-                self._mem = {}
+                raw = json.loads(self.path.read_text())
+                self._mem = {k: [StageCost.from_dict(x) for x in v["stages"]] for k, v in raw.items()
+                             if isinstance(v, dict) and v.get("version") == COUNTER_VERSION}
+            except (ValueError, OSError, KeyError, TypeError):
+                self._mem = {}            # unreadable cache: count again (and overwrite it)
 
     @staticmethod
     def key(method: str, preset: str | None, method_config: dict[str, Any]) -> str:
-        blob = json.dumps({"m": method, "p": preset, "c": method_config, "torch": torch.__version__},
+        resolved = resolve_method_config(method, preset, method_config).model_dump(mode="json")
+        # the preset's values are in the resolved config, so the preset's name is not part of the key
+        blob = json.dumps({"m": method, "c": resolved, "v": COUNTER_VERSION, "torch": torch.__version__},
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def stages(self, method: str, preset: str | None, method_config: dict[str, Any],
-               measure: Callable[[], list[tuple[str, float, float]]] | None = None
-               ) -> list[tuple[str, float, float]]:
+    def costs(self, method: str, preset: str | None, method_config: dict[str, Any],
+              count: Callable[[], list[StageCost]] | None = None) -> list[StageCost]:
         k = self.key(method, preset, method_config)
         with self._lock:
             if k in self._mem:
                 return self._mem[k]
-        value = (measure or (lambda: measure_method_stages(method, preset, method_config)))()
+        value = (count or (lambda: stage_costs(method, preset, method_config)))()
         with self._lock:
             self._mem[k] = value
             if self.path:
                 from bench.io import atomic_write_json
-                atomic_write_json(self.path, self._mem)
+                atomic_write_json(self.path, {key: {"version": COUNTER_VERSION, "stages": [c.to_dict() for c in v]}
+                                              for key, v in self._mem.items()})
         return value
 
-
-def measure_method_stages(method: str, preset: str | None, method_config: dict[str, Any]
-                          ) -> list[tuple[str, float, float]]:
-    """(stage name, share, training FLOPs per example) for every stage of a freshly built method.
-
-    Stages are entered in order (``enter`` may grow the network) so later stages are measured on the
-    network they really train. Runs on CPU with a batch of 2.
-    """
-    from bench.method import build_method
-
-    torch.manual_seed(0)
-    m = build_method(method, preset, method_config)
-    out = []
-    for stage in m.stages():
-        if stage.enter:
-            stage.enter()
-        out.append((stage.name, float(stage.share), float(m.flops_per_example(stage))))
-    return out
+    def stages(self, method: str, preset: str | None, method_config: dict[str, Any]
+               ) -> list[tuple[str, float, float]]:
+        """(stage name, share, training FLOPs per example) per stage."""
+        return [(c.name, c.share, c.flops_per_example) for c in self.costs(method, preset, method_config)]
 
 
 def default_cache_path(root: str | Path) -> Path:
     return Path(root) / ".flops_cache.json"
 
 
-@torch.no_grad()
-def measure_sampling_cost(method, steps: int | None = None, guidance: float = 1.0) -> dict[str, float]:
-    """Sampling cost per image: NFE, FLOPs per image, FLOPs per network evaluation (= per image / NFE)."""
-    for m in method.modules().values():
-        m.eval()
-    cond = method.example_condition(1)
-    with FlopCounterMode(display=False) as counter:
-        _, nfe = method.sample(StackedRandom([0], device=method.device), cond, steps, guidance)
-    flops = float(counter.get_total_flops())
-    return {"nfe": int(nfe), "sample_flops_per_image": flops, "sample_macs_per_image": flops / FLOPS_PER_MAC,
-            "flops_per_eval": flops / max(int(nfe), 1)}
-
-
 __all__ = ["FLOPS_PER_MAC", "StagePlan", "ComputePlan", "split_budget", "fixed_images_plan", "spend_check",
-           "FlopCache", "measure_method_stages", "measure_training_flops", "measure_sampling_flops",
-           "measure_sampling_cost", "default_cache_path"]
+           "FlopCache", "StageCost", "default_cache_path"]

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from bench.data.spec import DatasetSpec
 from bench.method import ConfigError, validate_model
-from bench.safeload import load_yaml, yaml_value
+from bench.safeload import yaml_value
 
 
 LOGGERS = ("jsonl", "tensorboard", "wandb")
@@ -114,20 +114,58 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML file's top-level mapping, or one ConfigError line naming the file and what is wrong."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{what} {str(p)!r} is a directory; give a YAML file")
+    if not p.is_file():
+        raise ConfigError(f"{what} {str(p)!r} does not exist")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{what} {str(p)!r} is unreadable ({type(err).__name__}: {err}); "
+                          "give a readable UTF-8 YAML file") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        reason = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{what} {str(p)!r} is not valid YAML for the safe loader (no python/* tags){at}: "
+                          f"{reason}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{what} {str(p)!r}: expected a mapping at top level, got {type(raw).__name__}")
+    return raw
+
+
+def check_data_resolution(cfg: RunConfig) -> None:
+    """Readers fit every image to data.resolution and stages only pool down from it, so the data must come
+    at the resolution the method generates: checked here, before any network is built or trained."""
+    from bench.method import resolve_method_config
+
+    mcfg = resolve_method_config(cfg.method, cfg.preset, cfg.method_config)
+    res = getattr(mcfg, "resolution", None)
+    if res is not None and int(res) != int(cfg.data.resolution):
+        preset = f" (preset {cfg.preset!r})" if cfg.preset else ""
+        raise ConfigError(f"field 'data.resolution': the data gives {cfg.data.resolution}-px images but method "
+                          f"{cfg.method!r}{preset} generates {res} px; set data.resolution={res} or "
+                          f"method_config.resolution={cfg.data.resolution}")
+
+
 def load_run_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
                     data: dict[str, Any] | None = None) -> RunConfig:
+    """The validated run config (one-line errors), with the data / method resolution check."""
     raw: dict[str, Any] = dict(data or {})
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {str(p)!r} does not exist")
-        loaded = load_yaml(p, "config file") or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {str(p)!r}: expected a mapping at top level")
-        raw = deep_merge(raw, loaded)
+        raw = deep_merge(raw, read_yaml_mapping(path, "config file"))
     if overrides:
         raw = deep_merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
-    return validate_model(RunConfig, raw)  # type: ignore[return-value]
+    cfg: RunConfig = validate_model(RunConfig, raw)  # type: ignore[assignment]
+    check_data_resolution(cfg)
+    return cfg
 
 
 def dump_run_config(cfg: RunConfig) -> str:

@@ -199,7 +199,7 @@ class Method:
         """
         raise NotImplementedError
 
-    # ---- cost ------------------------------------------------------------------------------
+    # ---- cost (counted by bench.flops; the interface itself never measures) ------------------
     def example_batch(self, stage: Stage, n: int = 2) -> Batch:
         """A synthetic batch of the right shapes, for FLOP counting and tests."""
         cfg = self.config
@@ -218,15 +218,16 @@ class Method:
         return Condition(None if labels is None else labels.to(self.device),
                          None if text is None else text.to(self.device))
 
-    def flops_per_example(self, stage: Stage) -> float:
-        """Training FLOPs per example (forward + backward), measured with torch's FLOP counter."""
-        from bench.compute import measure_training_flops
-        return measure_training_flops(self, stage)
+    def flops_batch(self, stage: Stage) -> int:
+        """How many examples FLOPs per example are counted on (bench.flops divides the count by it).
+        A loss that splits the batch into shares (mdm's mixed ratios) returns a size that makes every share
+        exact."""
+        return 2
 
-    def flops_per_sample(self, steps: int | None = None) -> float:
-        """Sampling FLOPs per generated image, measured."""
-        from bench.compute import measure_sampling_flops
-        return measure_sampling_flops(self, steps)
+    def structured_for(self, stage: Stage) -> "Method":
+        """This method with the network structure ``stage`` trains: itself by default. A method whose
+        ``enter`` grows the network returns a grown copy, so a stage can be counted before it is entered."""
+        return self
 
 
 def _example_text(cfg: MethodConfig, n: int, g: torch.Generator) -> torch.Tensor | None:

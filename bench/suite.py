@@ -19,9 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from bench.config import RunConfig, deep_merge, parse_overrides, set_dotted
+from bench.config import RunConfig, deep_merge, parse_overrides, read_yaml_mapping, set_dotted
 from bench.method import ConfigError, get_method_class, load_all, resolve_method_config, validate_model
-from bench.safeload import load_yaml
 
 # train.* fields that change how a run is executed, not what it computes: not part of the cell id.
 EXECUTION_ONLY = ("progress", "workers", "device", "loggers", "preview_images", "preview_grid", "preview_steps",
@@ -197,11 +196,7 @@ class Cell:
 # ---- loading -----------------------------------------------------------------------------------
 def load_suite(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> Suite:
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"suite file {str(p)!r} does not exist")
-    raw = load_yaml(p, "suite file") or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"suite file {str(p)!r}: expected a mapping at top level")
+    raw = read_yaml_mapping(p, "suite file")
     raw.setdefault("name", p.stem)
     if overrides:
         raw = deep_merge(raw, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
@@ -368,6 +363,8 @@ class ClusterProfile(Strict):
     signal_delay_s: int = Field(120, ge=10, description="USR2 this long before the time limit (checkpoint)")
     max_requeues: int = Field(100, ge=0, description="time-slice / preemption requeues per training job")
     array_parallelism: int | None = Field(None, gt=0)
+    throughput_flops: float | None = Field(None, gt=0, description="sustained training FLOP/s per GPU; dry runs "
+                                                                    "convert planned FLOPs to GPU-hours with it")
     extra: dict[str, str] = Field(default_factory=dict, description="additional sbatch options")
     train: JobResources = Field(default_factory=JobResources)
     sample: JobResources = Field(default_factory=JobResources)
@@ -389,9 +386,7 @@ def load_profile(ref: str | Path) -> ClusterProfile:
         known = sorted(x.stem for x in PROFILE_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown cluster profile {str(ref)!r}: {str(p)!r} does not exist; "
                           f"profiles in slurm/: {', '.join(known) or 'none'}")
-    raw = load_yaml(p, "cluster profile") or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"cluster profile {str(p)!r}: expected a mapping at top level")
+    raw = read_yaml_mapping(p, "cluster profile")
     raw.setdefault("name", p.stem)
     try:
         return validate_model(ClusterProfile, raw)  # type: ignore[return-value]

@@ -316,7 +316,8 @@ def _run_stage(cfg, method, ema, stage, stage_idx, budget, stage_done, images, f
     for n, m in mods.items():
         m.train(n in trainable)               # frozen modules keep eval behaviour (dropout off)
     seed_step(cfg.seed, rank, images)
-    flops_per_example = method.flops_per_example(stage)
+    from bench.flops import training_flops     # the interface does not count FLOPs; bench.flops does
+    flops_per_example = training_flops(method, stage)
     loader = make_loader(dataset, seed=cfg.seed, start=images, global_batch=t.batch, resolutions=stage.resolutions,
                          rank=rank, world=world, workers=t.workers)
     next_ckpt = (images // t.checkpoint_images + 1) * t.checkpoint_images

@@ -270,18 +270,3 @@ class GreedyGrowing(Method):
             other.grow()
             return other
         return type(self)(self.config).to(self.device)
-
-    def flops_per_example(self, stage: Stage) -> float:
-        """Measured with the stage's frozen set frozen: B1 computes no weight gradients for the core."""
-        from bench.compute import measure_training_flops
-        method = self.structured_for(stage)
-        mods = method.modules()
-        trainable = set(stage.trainable) if stage.trainable is not None else set(mods)
-        saved = {p: p.requires_grad for m in mods.values() for p in m.parameters()}
-        try:
-            for name, m in mods.items():
-                m.requires_grad_(name in trainable)
-            return measure_training_flops(method, stage)
-        finally:
-            for p, flag in saved.items():
-                p.requires_grad_(flag)

@@ -356,12 +356,11 @@ class MatryoshkaDiffusion(Method):
             logs[f"mse_{r}"] = mse.detach().mean()
         return total, logs
 
-    def flops_per_example(self, stage: Stage) -> float:
-        """Measured on a batch in which each level gets exactly its mixed-ratio share."""
-        from bench.compute import measure_training_flops
+    def flops_batch(self, stage: Stage) -> int:
+        """A batch in which each level gets exactly its mixed-ratio share."""
         spec = self._spec(stage)
         _, fractions = mixed_sizes(spec.mixed_ratio if self.config.use_mixed_ratio else None, 1, spec.levels)
-        return measure_training_flops(self, stage, n=_integral_batch(fractions))
+        return _integral_batch(fractions)
 
     # ---- sampling -----------------------------------------------------------------------------
     def default_steps(self) -> int:

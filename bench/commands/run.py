@@ -103,18 +103,59 @@ def _e(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
+def _ranks(profile) -> int:
+    """Training ranks of one cell: one per GPU of the profile's training job (1 locally)."""
+    if profile is None:
+        return 1
+    return profile.train.nodes * max(1, profile.train.gpus_per_node)
+
+
+def _throughput(profile, planned) -> tuple[float | None, str]:
+    if profile is not None and profile.throughput_flops:
+        return float(profile.throughput_flops), f"cluster profile {profile.name!r}"
+    stated = {pc.cell.budget.get("throughput_flops") for pc in planned} - {None}
+    if len(stated) == 1:
+        return float(stated.pop()), "the suite's budget.throughput_flops"
+    return None, ""
+
+
 def format_plan(planned, executor: str, profile=None, limits=None) -> str:
+    from bench.launch.cost import gib, gpu_hours, peak_memory
+
+    ranks = _ranks(profile if executor == "slurm" else None)
+    throughput, source = _throughput(profile if executor == "slurm" else None, planned)
     lines = [f"{'cell':<28} {'label':<28} {'dataset':<12} {'seed':>4} {'budget FLOPs':>12} "
-             f"{'planned':>10} {'dev':>7}  stages (images/steps @ FLOPs/example)"]
+             f"{'planned':>10} {'dev':>7}  {'GPU-h':>8} {'mem/rank':>8}  stages (images/steps @ FLOPs/example)"]
+    total_h = 0.0
     for pc in planned:
         c, p = pc.cell, pc.plan
         dev = (p.planned_flops - p.budget_flops) / p.budget_flops if p.budget_flops and p.matched else None
         stages = "; ".join(f"{s.name}: {s.images}/{s.steps} @ {s.flops_per_example:.3g}" for s in p.stages)
+        hours = gpu_hours(p.planned_flops, throughput)
+        total_h += hours or 0.0
+        mem = peak_memory(pc.costs, c.run.get("train", {}), ranks)
         lines.append(f"{c.id:<28} {c.label[:28]:<28} {c.dataset[:12]:<12} {c.seed:>4} "
                      f"{_e(p.budget_flops) if p.matched else 'images':>12} {_e(p.planned_flops):>10} "
                      f"{'-' if dev is None else f'{dev:+.2%}':>7}{'!' if dev is not None and abs(dev) > tol(c) else ' '}"
-                     f" {stages}")
+                     f" {'-' if hours is None else f'{hours:.4g}':>8} {gib(mem.total if mem else None):>8}"
+                     f"  {stages}")
     lines.append("('!' = whole-batch rounding moves the plan off the budget by more than the tolerance)")
+    if throughput is not None:
+        lines.append(f"GPU-hours (training only) at {throughput:.3g} FLOP/s per GPU ({source}): "
+                     f"{total_h:.4g} in total over {len(planned)} cells")
+    else:
+        lines.append("GPU-hours: no throughput stated; set throughput_flops (sustained FLOP/s per GPU) in the "
+                     "cluster profile")
+    worst = max((m for m in (peak_memory(pc.costs, pc.cell.run.get("train", {}), ranks) for pc in planned) if m),
+                key=lambda m: m.total, default=None)
+    if worst is not None:
+        lines.append(f"mem/rank = weights + grads + Adam moments + EMA copies + tensors saved for backward "
+                     f"(counted on the meta device, fp32) x per-rank micro-batch, at {ranks} rank(s) per cell; "
+                     f"largest: stage {worst.stage!r}: weights {gib(worst.weights)}, grads {gib(worst.gradients)}, "
+                     f"Adam {gib(worst.optimizer)}, EMA {gib(worst.ema)}"
+                     + (f", all-reduce {gib(worst.allreduce)}" if worst.allreduce else "")
+                     + f", activations {gib(worst.activations)} (micro-batch {worst.micro_batch}) = {gib(worst.total)}"
+                     " (no CUDA context / allocator slack; bf16 autocast stores activations smaller)")
     if executor == "local":
         lines.append("jobs (local, in this process, cell after cell): train -> sample "
                      f"{planned[0].cell.sampling['shards'] if planned else 0} shard(s) -> evaluate")

@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.asset_specs import SD_VAE_KEY, SD_VAE_RELPATH, sd_vae_spec  # noqa: F401
 from bench.method import ConfigError
 
 LATENT_SOURCES = ("random-conv", "sd-vae")
-SD_VAE_KEY = "sd-vae"
-SD_VAE_RELPATH = "sd-vae/diffusion_pytorch_model.safetensors"
 
 
 class RandomConvEncoder(nn.Module):
@@ -203,11 +202,7 @@ def load_sd_vae_encoder(path: str | Path) -> SDVAEEncoder:
     return enc.eval()
 
 
-def sd_vae_asset_spec():
-    from bench.metrics.assets import AssetSpec
-    return AssetSpec(SD_VAE_KEY, SD_VAE_RELPATH, None, None,
-                     "Stable Diffusion 1.x VAE (AutoencoderKL) weights, diffusers or CompVis layout, for the "
-                     "consistency decoder's latents")
+sd_vae_asset_spec = sd_vae_spec     # the name tests and callers use
 
 
 def build_latent_source(kind: str, assets: str | None = None, seed: int = 0) -> nn.Module:

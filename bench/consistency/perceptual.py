@@ -28,34 +28,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.asset_specs import (LIN_KEY, LIN_RELPATH, LIN_SHA256_PREFIX, LIN_SOURCE,  # noqa: F401
+                               VGG16_KEY, VGG16_RELPATH, VGG16_URL, lpips_lin_spec, lpips_vgg16_spec)
 from bench.method import ConfigError
 
-VGG16_KEY = "lpips-vgg16"
-VGG16_RELPATH = "lpips/vgg16-397923af.pth"
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-LIN_KEY = "lpips-vgg-lin"
-LIN_RELPATH = "lpips/vgg-lin-v0.1.pth"
-LIN_SOURCE = "package:lpips/weights/v0.1/vgg.pth"     # copied from the installed `lpips` package, no download
-LIN_SHA256_PREFIX = "a78928a0"                       # that file in lpips 0.1.4
 POOLINGS = ("avg", "max")
 RESIZE_BELOW = 256            # official: images narrower than this are resized before LPIPS
 VGG16_CHANNELS = (64, 128, 256, 512, 512)
 
 
-def vgg16_asset_spec():
-    from bench.metrics.assets import AssetSpec
-    return AssetSpec(VGG16_KEY, VGG16_RELPATH, VGG16_URL, "397923af",
-                     "torchvision VGG16 ImageNet weights (LPIPS trunk of the consistency-model distance)")
-
-
-def lin_asset_spec():
-    from bench.metrics.assets import AssetSpec
-    return AssetSpec(LIN_KEY, LIN_RELPATH, LIN_SOURCE, LIN_SHA256_PREFIX,
-                     "LPIPS v0.1 VGG linear heads (lpips package file, or piq's lpips_weights.pt)")
-
-
 def asset_specs() -> list:
-    return [vgg16_asset_spec(), lin_asset_spec()]
+    return [lpips_vgg16_spec(), lpips_lin_spec()]
 
 
 # ---- weights ---------------------------------------------------------------------------------------
@@ -138,8 +121,8 @@ def load_lpips_network(assets: str | None = None, pooling: str = "avg") -> nn.Mo
     from bench.metrics.assets import AssetFolder
 
     folder = AssetFolder(assets)
-    vgg, _ = folder.require(vgg16_asset_spec())
-    lin, _ = folder.require(lin_asset_spec())
+    vgg, _ = folder.require(lpips_vgg16_spec())
+    lin, _ = folder.require(lpips_lin_spec())
     return build_lpips_network(vgg, lin, pooling)
 
 

@@ -23,15 +23,18 @@ import os
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 
 from bench.data.base import ImageDataset
 from bench.data.preprocess import CorruptImage, adm_center_crop, decode_png_array, encode_png, is_image_file
-from bench.data.spec import DatasetSpec, reader
+from bench.data.registry import reader
 from bench.method import ConfigError
+
+if TYPE_CHECKING:
+    from bench.data.spec import DatasetSpec
 
 MANIFEST = "manifest.json"
 

@@ -125,8 +125,16 @@ class ImageDataset:
                                                                 "unreadable images)") from None
                 if err.source not in self.skipped:
                     self.skipped[err.source] = err.reason
-                    print(f"warning: skipping unreadable image {err}", file=sys.stderr)
+                    print(f"warning: skipping unreadable image {err} (on_corrupt=skip: {len(self.skipped)} "
+                          f"skipped so far{self._worker_note()})", file=sys.stderr)
         raise CorruptImage(self.describe(i), "no readable image in the whole dataset")
+
+    @staticmethod
+    def _worker_note() -> str:
+        import torch.utils.data
+
+        info = torch.utils.data.get_worker_info()
+        return "" if info is None else f" by data-loader worker {info.id}"
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         return self.get(i, self.epoch)

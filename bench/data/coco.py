@@ -14,14 +14,17 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bench.data.base import ImageDataset, require_dir
 from bench.data.preprocess import load_rgb
-from bench.data.spec import DatasetSpec, check_options, reader
+from bench.data.registry import check_options, reader
 from bench.method import ConfigError
+
+if TYPE_CHECKING:
+    from bench.data.spec import DatasetSpec
 
 COCO_SPLITS = ("train2014", "val2014", "train2017", "val2017")
 FID30K_SIZE = 30_000

@@ -14,6 +14,8 @@ emoji (``fonts-noto-color-emoji``): text-conditional (caption = lowercased Unico
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import functools
 import hashlib
 import os
@@ -25,8 +27,11 @@ from PIL import Image, ImageDraw, ImageFont
 
 from bench.data.base import ImageDataset, require_dir
 from bench.data.preprocess import CorruptImage, adm_center_crop, load_rgb
-from bench.data.spec import DatasetSpec, check_options, reader
+from bench.data.registry import check_options, reader
 from bench.method import ConfigError
+
+if TYPE_CHECKING:
+    from bench.data.spec import DatasetSpec
 
 CLIPART_ROOT = "/usr/share/openclipart/png"
 EMOJI_FONT = "/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf"

@@ -9,6 +9,8 @@ Images are ADM-centre-cropped (option ``fit``: crop | pad | lanczos) to ``spec.r
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import os
 from pathlib import Path
@@ -17,8 +19,11 @@ import numpy as np
 
 from bench.data.base import ImageDataset, require_dir
 from bench.data.preprocess import is_image_file, load_rgb
-from bench.data.spec import DatasetSpec, check_options, reader
+from bench.data.registry import check_options, reader
 from bench.method import ConfigError
+
+if TYPE_CHECKING:
+    from bench.data.spec import DatasetSpec
 
 
 def list_images(root: Path, recursive: bool = True) -> list[Path]:

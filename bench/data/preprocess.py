@@ -23,9 +23,16 @@ WHITE = (255, 255, 255)
 
 
 class CorruptImage(Exception):
-    """An image that cannot be decoded; ``source`` names the file / archive member."""
+    """An image that cannot be decoded; ``source`` names the file / archive member.
 
-    def __init__(self, source: str, reason: str):
+    A DataLoader worker's error comes back as ``CorruptImage(text)``, the text holding the worker's
+    traceback; the original one-line message is its last line, kept as the message here."""
+
+    def __init__(self, source: str, reason: str | None = None):
+        if reason is None:
+            last = [ln for ln in str(source).splitlines() if ln.strip()][-1:] or [str(source)]
+            line = last[0].split("CorruptImage: ", 1)[-1].strip()
+            source, _, reason = line.partition(": ")
         super().__init__(f"{source}: {reason}")
         self.source, self.reason = source, reason
 

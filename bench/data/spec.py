@@ -5,24 +5,17 @@ A dataset is any object with ``__len__``, ``__getitem__(i) -> dict`` and the att
 ``image`` (uint8 tensor C x R x R), ``label`` (int, -1 = none) and optionally ``caption`` (str)
 or ``text`` (float tensor, a cached caption embedding).
 
-Kinds (bench/data/readers.py imports them): folder, zip, webdataset, imagenet, celebahq, coco,
+Kinds (registered in bench.data.registry by the modules bench/data/readers.py imports): folder, zip, webdataset, imagenet, celebahq, coco,
 clipart, emoji, synthetic. ``text`` (optional) wraps a captioned dataset so items carry caption
 embeddings from a frozen open_clip text tower (bench.data.text).
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-READERS: dict[str, Callable[["DatasetSpec"], Any]] = {}
-
-
-def reader(kind: str):
-    def deco(fn):
-        READERS[kind] = fn
-        return fn
-    return deco
+from bench.data.registry import READERS, check_options, reader  # noqa: F401  (re-exported)
 
 
 class TextSpec(BaseModel):
@@ -60,19 +53,9 @@ class DatasetSpec(BaseModel):
     text: TextSpec | None = Field(None, description="encode captions for text conditioning")
 
 
-def check_options(spec: DatasetSpec, allowed: set[str]) -> None:
-    """One line naming the unknown reader options of ``spec`` and the allowed ones."""
-    from bench.method import ConfigError
-
-    extra = set(spec.options) - allowed
-    if extra:
-        raise ConfigError(f"field 'data.options': unknown option(s) {sorted(extra)} for kind {spec.kind!r}; "
-                          f"allowed: {', '.join(sorted(allowed)) or 'none'}")
-
-
 def build_dataset(spec: DatasetSpec, *, with_text: bool = True):
     """The dataset of ``spec``; wrapped with caption embeddings when ``spec.text`` is set."""
-    from bench.data import readers  # noqa: F401  (registers the readers)
+    from bench.data import readers  # noqa: F401  (imports every reader module: each registers its kind)
     from bench.method import ConfigError
 
     if spec.kind not in READERS:

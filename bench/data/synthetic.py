@@ -1,9 +1,14 @@
 """A deterministic synthetic dataset (coloured shapes), for tests and smoke runs without files."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from bench.data.spec import DatasetSpec, reader
+from bench.data.registry import reader
+
+if TYPE_CHECKING:
+    from bench.data.spec import DatasetSpec
 
 
 class SyntheticShapes:

@@ -19,79 +19,20 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.asset_specs import (INCEPTION_URL, AssetSpec, clip_spec, dinov2_spec, inception_spec,  # noqa: F401
+                               sd_vae_spec, spec_from_key, t5_spec, trained_spec)
 from bench.io import atomic_write, atomic_write_json
 from bench.method import ConfigError
 
 ENV_VAR = "BENCH_ASSETS"
 MANIFEST = "assets.json"
-INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-                 "weights-inception-2015-12-05-6726825d.pth")
 
 
 class AssetError(ConfigError):
     """A missing, unregistered or corrupt asset (one line: file, expected hash, staging command)."""
-
-
-@dataclass(frozen=True)
-class AssetSpec:
-    key: str                      # what `bench assets fetch KEY` stages
-    relpath: str                  # path inside the asset folder
-    url: str | None = None        # where `fetch` gets it (None: built or added locally)
-    published_sha256_prefix: str | None = None
-    note: str = ""
-
-
-def inception_spec() -> AssetSpec:
-    return AssetSpec("inception", "inception/weights-inception-2015-12-05-6726825d.pth", INCEPTION_URL, "6726825d",
-                     "TF Inception-v3 2015-12-05 in torch-fidelity's format (FID, sFID, IS, P/R, KID)")
-
-
-def clip_spec(model: str, pretrained: str) -> AssetSpec:
-    return AssetSpec(f"clip:{model}:{pretrained}", f"clip/{model}--{pretrained}.bin", f"open_clip:{model}:{pretrained}",
-                     None, "open_clip weights for CLIP score")
-
-
-def dinov2_spec(model: str = "vit_large_patch14_dinov2.lvd142m") -> AssetSpec:
-    return AssetSpec(f"dinov2:{model}", f"dinov2/{model}.safetensors", f"hf-hub:timm/{model}", None,
-                     "DINOv2 encoder (timm layout) for FD-DINOv2")
-
-
-def t5_spec(name: str) -> AssetSpec:
-    """A T5 encoder (``transformers`` layout, encoder weights in one model.safetensors), e.g. google/flan-t5-xl."""
-    return AssetSpec(f"t5:{name}", f"t5/{name.replace('/', '__')}/model.safetensors", f"hf:{name}", None,
-                     "T5 text encoder for token-level text conditioning (with config.json and tokenizer files)")
-
-
-def trained_spec(name: str) -> AssetSpec:
-    return AssetSpec(f"trained:{name}", f"extractors/{name}.pt", None, None,
-                     "small CNN trained on a dataset's labels (bench assets train-extractor)")
-
-
-def spec_from_key(key: str) -> AssetSpec:
-    """'inception' | 'clip:<model>:<pretrained>' | 'dinov2[:<timm-name>]' | 'trained:<name>'."""
-    kind, _, rest = key.partition(":")
-    if kind == "inception" and not rest:
-        return inception_spec()
-    if kind == "clip" and rest.count(":") == 1:
-        return clip_spec(*rest.split(":"))
-    if kind == "dinov2":
-        return dinov2_spec(rest) if rest else dinov2_spec()
-    if kind == "trained" and rest:
-        return trained_spec(rest)
-    if kind == "t5" and rest:
-        return t5_spec(rest)
-    if kind == "sd-vae" and not rest:      # the consistency decoder's latent source
-        from bench.consistency.latents import sd_vae_asset_spec
-        return sd_vae_asset_spec()
-    if kind in ("lpips-vgg16", "lpips-vgg-lin") and not rest:   # the consistency models' LPIPS distance
-        from bench.consistency.perceptual import asset_specs
-        return next(s for s in asset_specs() if s.key == kind)
-    raise ConfigError(f"asset key {key!r}: expected inception, clip:<model>:<pretrained>, dinov2[:<timm-name>], "
-                      "trained:<name>, t5:<hf-name>, sd-vae, lpips-vgg16 or lpips-vgg-lin")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

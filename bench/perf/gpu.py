@@ -70,7 +70,8 @@ def measure(name: str, preset: str, batch: int, device: torch.device, compile_: 
         if any(isinstance(x, torch.nn.Conv2d) for m in method.modules().values() for x in m.modules()):
             for m in method.modules().values():
                 m.to(memory_format=torch.channels_last)
-    flops = method.flops_per_example(stage)
+    from bench.flops import training_flops
+    flops = training_flops(method, stage)
     if compile_:
         for m in method.modules().values():
             m.compile()

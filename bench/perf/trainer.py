@@ -288,7 +288,8 @@ def run_perf_trainer(args) -> int:
     if not args.no_scaling:
         say("2-rank scaling (gloo)")
         scaling = scaling_2_ranks(args, device)
-    flops = method.flops_per_example(stage)
+    from bench.flops import training_flops
+    flops = training_flops(method, stage)
     mem, mem_kind = peak_memory(device)
     peak = peak_flops(device, args.peak_flops)
     img_s = images / h
