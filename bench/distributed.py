@@ -30,6 +30,13 @@ import torch
 import torch.distributed as dist
 
 
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
+            else torch.device("cpu")
+    return torch.device(name)
+
+
 def world_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 

@@ -153,7 +153,7 @@ def captions_for_seeds(cfg: RunConfig, seeds: Sequence[int]) -> tuple[torch.Tens
 def sample_to_npz(run_dir: str | Path, seeds: Sequence[int], out: str | Path, *, batch: int = 64,
                   steps: int | None = None, guidance: float = 1.0, device: str = "auto",
                   grid: bool = True, progress: bool = False) -> Path:
-    from bench.train import resolve_device
+    from bench.distributed import resolve_device
 
     method, cfg = load_run(run_dir, device=resolve_device(device))
     texts, captions = None, None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -28,7 +27,7 @@ from bench.checkpoint import CheckpointStore
 from bench.config import RunConfig, dump_run_config
 from bench.data.spec import build_dataset
 from bench.data.stream import make_loader
-from bench.distributed import GradSync, distributed
+from bench.distributed import GradSync, distributed, resolve_device  # noqa: F401 (re-exported)
 from bench.ema import EMA
 from bench.io import append_jsonl, atomic_write_json, atomic_write_text
 from bench.loggers import RunLoggers
@@ -48,13 +47,6 @@ class TrainingDiverged(RuntimeError):
 def request_stop(*_: Any) -> None:
     """Ask the loop to checkpoint and return at the end of the current step (preemption, time limit)."""
     _STOP["requested"] = True
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() \
-            else torch.device("cpu")
-    return torch.device(name)
 
 
 def stage_budgets(cfg: RunConfig, stages: list[Stage]) -> list[int]:
