@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -190,16 +189,8 @@ class Scorer:
 
 def gaussian_baseline(data: SanityData, n: int, seed: int = 0) -> torch.Tensor:
     """Samples of N(per-pixel mean, full pixel covariance) of the training images, as uint8 NCHW."""
-    x = data.train.double().flatten(1) / 127.5 - 1.0
-    mean = x.mean(0)
-    cov = torch.cov(x.T)
-    d = cov.shape[0]
-    eps = 1e-6 * float(cov.diagonal().mean())            # the covariance of 1,200 images in 768-D is singular
-    chol = torch.linalg.cholesky(cov + eps * torch.eye(d, dtype=cov.dtype))
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, d, generator=g, dtype=torch.float64)
-    samples = (mean + z @ chol.T).float().reshape(n, *data.train.shape[1:])
-    return to_uint8_nchw(samples)
+    from bench.baselines import gaussian_samples
+    return gaussian_samples(data.train, n, seed)
 
 
 # ---- training and sampling -----------------------------------------------------------------------
@@ -263,17 +254,8 @@ def sample_method(method, n: int, seed_start: int = 0, steps: int | None = None,
 
 
 def untrained_method(cfg):
-    """The method of ``cfg`` at initialisation (the trainer's seed), every stage entered, eval mode."""
-    from bench.method import build_method
-
-    torch.manual_seed(cfg.seed)
-    m = build_method(cfg.method, cfg.preset, cfg.method_config)
-    for s in m.stages():
-        if s.enter:
-            s.enter()
-    for mod in m.modules().values():
-        mod.eval()
-    return m
+    from bench.baselines import untrained_method as build
+    return build(cfg)
 
 
 def save_grid_png(path: Path, images: torch.Tensor, scale: int = 4, max_images: int = 64) -> Path:
@@ -342,12 +324,14 @@ class Context:
         self.data = ensure_data(self.cache, log=log)
         self.scorer = Scorer(self.data, ensure_extractor(self.cache, self.data, log=log))
         self.n = self.scorer.n
+        self.flops = BUDGET_FLOPS
         self._gauss: Row | None = None
         self._heldout: Row | None = None
 
     def gaussian(self) -> Row:
         if self._gauss is None:
-            labels = self.data.heldout_labels      # any labels: the Gaussian ignores them (agreement ≈ chance)
+            from bench.sample import labels_for_seeds
+            labels = labels_for_seeds(range(self.n), self.data.num_classes)   # ignored by it: agreement ≈ chance
             self._gauss = Row("gaussian", self.scorer.score(gaussian_baseline(self.data, self.n, BASELINE_SEED),
                                                             labels))
         return self._gauss
@@ -357,8 +341,8 @@ class Context:
             self._heldout = Row("heldout", self.scorer.score(self.data.heldout, self.data.heldout_labels))
         return self._heldout
 
-    def config(self, method: str, flops: float = BUDGET_FLOPS, preset: str = PRESET, **kw: Any):
-        cfg = run_config(self.data, method, preset, flops=flops, seed=SEED, **kw)
+    def config(self, method: str, flops: float | None = None, preset: str = PRESET, **kw: Any):
+        cfg = run_config(self.data, method, preset, flops=flops or self.flops, seed=SEED, **kw)
         # checkpoints at 1/3 and 2/3 of the run (and its end) are kept: the monotonicity claim reads them
         third = max(1, round(cfg.train.images / 3 / cfg.train.batch)) * cfg.train.batch
         cfg.train.checkpoint_images = third
