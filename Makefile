@@ -6,7 +6,7 @@ PY          := $(VENV)/bin/python
 TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?= -q
 
-.PHONY: setup data-packages demo test slurm-up slurm-down perf-gpu
+.PHONY: setup data-packages demo demo-all sanity test slurm-up slurm-down perf-gpu
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,14 @@ perf-gpu: setup
 
 demo: setup data-packages
 	$(VENV)/bin/bench run suites/demo.yaml
+
+# Every generative method, same settings as the demo (~30 min on 2 cores).
+demo-all: setup data-packages
+	$(VENV)/bin/bench run suites/demo-all.yaml
+
+# Learning checks of every method and the papers' orderings (README "Learning evidence").
+sanity: setup data-packages
+	$(VENV)/bin/bench sanity all --claims
 
 test: setup data-packages
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -147,7 +147,8 @@ def write_report(root: str | Path, out: str | Path | None = None, title: str | N
         parts += ["<h2>Samples</h2>"] + [f"<figure>{img(d)}<figcaption>{html.escape(c)}</figcaption></figure>"
                                          for c, d in grids]
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px}figure{display:inline-block;margin:4px}")
+             "td,th{border:1px solid #ccc;padding:3px 6px}figure{display:inline-block;margin:4px}"
+             "figure img{min-width:256px;image-rendering:pixelated}")   # 16-px grids stay visible
     doc = f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>"
     paths["report"] = atomic_write_text(out / "report.html", doc)
