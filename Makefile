@@ -33,15 +33,15 @@ perf-gpu: setup
 	  --json results/perf_trainer_gpu.json
 
 demo: setup data-packages
-	$(VENV)/bin/bench run suites/demo.yaml
+	OMP_NUM_THREADS=1 $(VENV)/bin/bench run suites/demo.yaml
 
 # Every generative method, same settings as the demo (~30 min on 2 cores).
 demo-all: setup data-packages
-	$(VENV)/bin/bench run suites/demo-all.yaml
+	OMP_NUM_THREADS=1 $(VENV)/bin/bench run suites/demo-all.yaml
 
 # Learning checks of every method and the papers' orderings (README "Learning evidence").
 sanity: setup data-packages
-	$(VENV)/bin/bench sanity all --claims
+	OMP_NUM_THREADS=1 $(VENV)/bin/bench sanity all --claims
 
 test: setup data-packages
 	$(PY) -m pytest $(PYTEST_ARGS)

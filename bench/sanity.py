@@ -362,12 +362,27 @@ class Context:
         return Row(name, self.scorer.score(x, labels), nfe)
 
 
-def check_method(ctx: Context, method: str, flops: float = BUDGET_FLOPS, grids: Path | None = None) -> MethodCheck:
+def distance_overrides(ctx: Context, method: str, metric: str | None) -> dict[str, Any]:
+    """method_config overrides for a consistency model's training distance (``--metric``): ``lpips`` uses
+    randomly initialised LPIPS weights staged in the cache (no download), fed at the images' own size."""
+    if metric is None:
+        return {}
+    from bench.method import get_method_class
+    if "metric" not in get_method_class(method).Config.model_fields:
+        raise ConfigError(f"sanity: --metric applies to methods with a training distance (cd, ct, ict), not {method!r}")
+    if metric != "lpips":
+        return {"metric": metric}
+    from bench.consistency.perceptual import random_lpips_overrides
+    return random_lpips_overrides((ctx.cache / "lpips-random").resolve(), seed=0, resize=0)
+
+
+def check_method(ctx: Context, method: str, flops: float = BUDGET_FLOPS, grids: Path | None = None,
+                 metric: str | None = None) -> MethodCheck:
     """Train ``method``'s cpu-demo preset for ``flops``, score it beside its baselines."""
     from bench.sample import load_run
 
     times: dict[str, float] = {}
-    cfg = ctx.config(method, flops)
+    cfg = ctx.config(method, flops, method_config=distance_overrides(ctx, method, metric))
     t0 = time.perf_counter()
     run_dir = ctx.train(cfg)
     times["train"] = time.perf_counter() - t0

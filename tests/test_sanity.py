@@ -139,3 +139,18 @@ def test_suite_baselines_become_rows_of_the_table(tmp_path):
     # a re-run keeps the finished baselines
     again = run_baselines(s.baselines, planned, suite_dir(s), metrics_fn=lambda *a: 1 / 0, log=lambda _: None)
     assert again == ids
+
+
+def test_sanity_metric_lpips_stages_random_weights_for_consistency_models_only(tmp_path):
+    from types import SimpleNamespace
+
+    from bench.method import ConfigError, build_method
+    ctx = SimpleNamespace(cache=tmp_path)
+    over = S.distance_overrides(ctx, "cd", "lpips")
+    assert over["metric"] == "lpips" and over["lpips_resize"] == 0
+    assert (Path(over["assets"]) / "lpips").is_dir()
+    m = build_method("cd", S.PRESET, over)          # the override validates against the preset
+    assert m.config.metric == "lpips"
+    assert S.distance_overrides(ctx, "ct", None) == {}
+    with pytest.raises(ConfigError, match="training distance"):
+        S.distance_overrides(ctx, "edm", "lpips")

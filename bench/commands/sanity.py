@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--grids", default=None, help="write sample grids (PNG) of each method here")
     p.add_argument("--markdown", default=None, help="write the results table (markdown) to this file")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--metric", default=None, choices=["l2", "l1", "pseudo_huber", "lpips"],
+                   help="consistency models' training distance (default: the preset's); lpips uses randomly "
+                        "initialised LPIPS weights (nothing is downloaded)")
     p.set_defaults(func=run)
 
 
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     checks, failed = [], []
     for n in names:
         t1 = time.perf_counter()
-        c = S.check_method(ctx, n, flops, grids)
+        c = S.check_method(ctx, n, flops, grids, metric=args.metric)
         checks.append(c)
         print(S.format_check(c) + f"\n    ({time.perf_counter() - t1:.0f}s)", flush=True)
         if not c.passed:
