@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from bench.io import atomic_write, atomic_write_json, atomic_write_text
-from bench.report_stats import (aggregate, base_metric, compute_columns, curve_points, lower_is_better,
-                                primary_fid)
+from bench.report_stats import aggregate, compute_columns, curve_points, lower_is_better, primary_fid
 from bench.store import collect, collect_curves
 
 METRIC_COLUMNS = ("fid", "sfid", "is", "precision", "recall", "kid", "clip_score", "fd_dinov2")

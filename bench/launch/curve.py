@@ -52,10 +52,6 @@ def eval_points(cell: dict[str, Any]) -> list[int]:
     return [p for p in points if 0 < p < total]
 
 
-def _rank0() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def kept_dir(rf: RunFolder) -> Path:
     return rf.path / "ckpt" / "eval"
 
@@ -79,31 +75,6 @@ def keep_checkpoint(rf: RunFolder, images: int, flops: float) -> Path | None:
     return dst
 
 
-def train_with_points(run_dir: str | Path, progress: bool = True,
-                      on_point: Callable[[int], Any] | None = None) -> dict[str, Any]:
-    """Train the cell in slices ending at its evaluation points (keeping each point's checkpoint and calling
-    ``on_point(images)`` after it), then to the end. Returns the last train summary; one that is not
-    ``done`` means training was asked to stop (a SLURM requeue) and resumes on the next call."""
-    from bench.launch.phases import train_phase
-
-    rf = RunFolder(run_dir)
-    cell = rf.read_cell()
-    summary = rf.train_summary()
-    if summary.get("done"):
-        return summary
-    for p in eval_points(cell):
-        if int(summary.get("images") or 0) >= p:
-            continue
-        summary = train_phase(run_dir, progress=progress, stop_after_images=p)
-        if summary.get("done") or int(summary.get("images") or 0) < p:
-            return summary                    # finished early or stopped from outside: nothing to keep
-        if _rank0():
-            keep_checkpoint(rf, int(summary["images"]), float(summary["flops"]))
-            if on_point is not None:
-                on_point(int(summary["images"]))
-    return train_phase(run_dir, progress=progress)
-
-
 def read_curve(rf: RunFolder) -> list[dict[str, Any]]:
     try:
         return list(json.loads((rf.path / CURVE_FILE).read_text()).get("points", []))
@@ -117,7 +88,7 @@ def evaluate_point(rf: RunFolder, images: int, metrics_fn: Callable, cell_d: dic
 
     from bench.distributed import resolve_device
     from bench.flops import sampling_cost
-    from bench.launch.phases import score_setting
+    from bench.launch.scoring import score_setting
     from bench.sample import captions_for_seeds, iter_samples, load_run, save_npz
 
     ckpt = kept_dir(rf) / f"ckpt-{images:012d}.pt"

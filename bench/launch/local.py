@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from bench.launch.curve import evaluate_point, train_with_points
-from bench.launch.phases import MetricsFn, default_metrics, evaluate_phase, sample_phase
+from bench.launch.curve import evaluate_point
+from bench.launch.phases import MetricsFn, default_metrics, evaluate_phase, sample_phase, train_with_points
 from bench.launch.planning import PlannedCell, is_finished, prepare
 
 

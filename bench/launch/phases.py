@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from bench.compute import spend_check
 from bench.flops import sampling_cost
+from bench.launch.curve import eval_points, evaluate_curve, keep_checkpoint
+from bench.launch.scoring import score_setting
 from bench.store import RunFolder, environment_record, now
 from bench.suite import Cell, sampling_settings, setting_tag, shard_seeds
 
@@ -50,6 +52,29 @@ def train_phase(run_dir: str | Path, progress: bool = True, stop_after_images: i
                             "images": result.get("images"), "flops": result.get("flops"),
                             "done": result.get("done")})
     return result
+
+
+def train_with_points(run_dir: str | Path, progress: bool = True,
+                      on_point: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """Train the cell in slices ending at its evaluation points (keeping each point's checkpoint and calling
+    ``on_point(images)`` after it), then to the end. Returns the last train summary; one that is not
+    ``done`` means training was asked to stop (a SLURM requeue) and resumes on the next call."""
+    rf = RunFolder(run_dir)
+    cell = rf.read_cell()
+    summary = rf.train_summary()
+    if summary.get("done"):
+        return summary
+    for p in eval_points(cell):
+        if int(summary.get("images") or 0) >= p:
+            continue
+        summary = train_phase(run_dir, progress=progress, stop_after_images=p)
+        if summary.get("done") or int(summary.get("images") or 0) < p:
+            return summary                    # finished early or stopped from outside: nothing to keep
+        if int(os.environ.get("RANK", "0")) == 0:
+            keep_checkpoint(rf, int(summary["images"]), float(summary["flops"]))
+            if on_point is not None:
+                on_point(int(summary["images"]))
+    return train_phase(run_dir, progress=progress)
 
 
 def sample_phase(run_dir: str | Path, shard: int) -> list[str]:
@@ -100,7 +125,6 @@ def evaluate_phase(run_dir: str | Path, metrics_fn: MetricsFn | None = None) -> 
         spend = spend_check(budget, float(summary.get("flops") or 0.0), float(cell.budget.get("tolerance", 0.02)))
         method, _ = load_run(rf.path, device="cpu")
         metrics_fn = metrics_fn or default_metrics
-        from bench.launch.curve import evaluate_curve
         curve = evaluate_curve(rf, metrics_fn, cell_d) if cell_d.get("eval_every") else []
         settings = []
         for steps, guidance in sampling_settings(cell.sampling):
@@ -124,28 +148,6 @@ def evaluate_phase(run_dir: str | Path, metrics_fn: MetricsFn | None = None) -> 
     rf.record("eval", {"ended_at": now()})
     rf.set_status("done")
     return record
-
-
-def score_setting(cell_d: dict[str, Any], rf: RunFolder, shards: list[Path], steps: int | None, guidance: float,
-                  cost: dict[str, Any], metrics_fn: MetricsFn) -> dict[str, Any]:
-    """One (steps, guidance) setting's row of metrics.json (also a curve point's row: the same shape)."""
-    try:
-        result = metrics_fn({**cell_d, "_suite_dir": str(rf.path.parent)}, shards)
-        values, note = result.get("metrics", result), None
-    except _unavailable_errors() as err:          # missing weights/reference: say so, keep the cell
-        values, note = {}, f"metrics unavailable: {str(err).splitlines()[0]}"
-        result = {}
-    return {"steps": steps, "guidance": guidance, "tag": setting_tag(steps, guidance),
-            "n_samples": int(cell_d["sampling"]["n"]), **cost, **values, **({"metrics_note": note} if note else {}),
-            "metrics_detail": {k: v for k, v in result.items() if k != "metrics"}}
-
-
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from bench.metrics.assets import AssetError
-        return (AssetError, ImportError)
-    except ImportError:
-        return (ImportError,)
 
 
 def default_metrics(cell: dict[str, Any], shards: list[Path]) -> dict[str, Any]:

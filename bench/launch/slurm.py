@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.checkpoint import trust_checkpoints
-from bench.launch.curve import train_with_points
-from bench.launch.phases import evaluate_phase, sample_phase
+from bench.launch.phases import evaluate_phase, sample_phase, train_with_points
 from bench.launch.planning import PlannedCell, is_finished, prepare
 from bench.method import ConfigError
 from bench.store import RunFolder, now
