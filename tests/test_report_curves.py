@@ -90,3 +90,40 @@ def test_curve_suite_end_to_end(tmp_path, monkeypatch, capsys):
     for name in ("table.md", "table.csv", "table.tex", "report.html", "curve_fid_trained_s16.png",
                  "precision_recall.png"):
         assert (out / name).is_file(), name
+
+
+def fake_metrics(cell, shards):
+    """Mean pixel value of the samples: a deterministic stand-in for the evaluator."""
+    import numpy as np
+
+    return {"metrics": {"fid": float(np.concatenate([np.load(p)["arr_0"] for p in shards]).mean())}}
+
+
+def test_slurm_order_and_slicing_leave_training_unchanged(tmp_path):
+    """The SLURM jobs' order (training slices keep checkpoints, no evaluation; then the evaluation job
+    scores them before the final one), run in-process; sliced training ends where unsliced training does."""
+    import numpy as np
+
+    from bench.launch import evaluate_phase, prepare, sample_phase, train_with_points
+
+    def one(out, **over):
+        base = {"methods": [{"method": "edm", "preset": "cpu-tiny", "method_config": {"resolution": 16}}],
+                "seeds": [0], "budget": {"flops": 5.5e9}, "metrics": ["fid"], "metrics_options": {},
+                "datasets": {"s16": {"kind": "synthetic", "resolution": 16, "options": {"n": 64}}},
+                "sampling": {"n": 4, "steps": [2], "batch": 4, "shards": 1}, "output": str(tmp_path / out)}
+        s = load_suite(suite_file(tmp_path, **{**base, **over}))
+        pc = plan_cells(expand_suite(s), suite_dir(s))[0]
+        rf = prepare(pc, s.name)
+        assert train_with_points(rf.path, progress=False)["done"]
+        sample_phase(rf.path, 0)
+        return rf, evaluate_phase(rf.path, fake_metrics)
+
+    rf, m = one("sliced", eval_every={"images": 4})
+    ref, m0 = one("plain", eval_every=None)
+    assert rf.path.name == ref.path.name                  # eval_every is not part of the cell id
+    assert [p["images"] for p in m["curve"]] == [4, 8, 12] and "curve" not in m0
+    assert m["curve"][-1]["final"] and all(p["settings"][0]["fid"] > 0 for p in m["curve"])
+    assert rf.train_summary()["flops"] == ref.train_summary()["flops"]
+    a = np.load(next(rf.samples.rglob("*.npz")))["arr_0"]
+    b = np.load(next(ref.samples.rglob("*.npz")))["arr_0"]
+    assert np.array_equal(a, b)                           # resumed slices = one uninterrupted run (CPU)
