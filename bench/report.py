@@ -145,7 +145,8 @@ def to_latex(agg) -> str:
     source = "paper setting" if "paper setting" in agg.columns else None
     head = lead + [c[:-5] for c in means] + paper + ([source] if source and paper else []) + tail
     best = {c: _best(agg, c) for c in means}
-    lines = [r"\begin{tabular}{" + "l" * len(lead) + "r" * (len(head) - len(lead)) + "}", r"\toprule",
+    lines = ["% values: mean over training seeds, +- " + INTERVALS["_ci95"],
+             r"\begin{tabular}{" + "l" * len(lead) + "r" * (len(head) - len(lead)) + "}", r"\toprule",
              " & ".join(_tex(h) for h in head) + r" \\", r"\midrule"]
     for _, r in agg.iterrows():
         cells = [_tex(_fmt(r[c])) for c in lead]
@@ -180,7 +181,8 @@ def write_report(root: str | Path, out: str | Path | None = None, title: str | N
         raise FileNotFoundError(f"no run folders under {root} (run the suite first)")
     curves_df = collect_curves(root)
     cells, agg, curves, info = summary_table(df, curves_df, published, targets, baseline)
-    paths = {"md": atomic_write_text(out / "table.md", to_markdown(agg)),
+    notes = "".join(f"- `{k}`: {v}\n" for k, v in INTERVALS.items())
+    paths = {"md": atomic_write_text(out / "table.md", to_markdown(agg) + "\nIntervals:\n" + notes),
              "csv": atomic_write_text(out / "table.csv", agg.to_csv(index=False)),
              "tex": atomic_write_text(out / "table.tex", to_latex(agg)),
              "html": atomic_write_text(out / "table.html", to_html_table(agg)),
@@ -188,8 +190,9 @@ def write_report(root: str | Path, out: str | Path | None = None, title: str | N
     fid = info.get("metric")
     cmetrics = sorted({m for c in curves.values() for p in c["points"] for m in p
                        if m not in ("images", "flops", "n") and not m.endswith("_boot_std")})
-    images = {**curve_plots(curves, cmetrics, info.get("target")), **(final_points_plot(agg, fid) if not curves else {}),
-              **sweep_plots(agg, fid), **precision_recall_plot(agg)}
+    images = {**curve_plots(curves, cmetrics, info.get("target")),
+              **(final_points_plot(agg, fid) if not curves else {}), **sweep_plots(agg, fid),
+              **precision_recall_plot(agg)}
     for name, data in images.items():
         paths[name] = atomic_write(out / f"{name}.png", lambda f, d=data: f.write(d))
     summary = {"title": title or root.name, "intervals": INTERVALS, "compute": info,
@@ -233,7 +236,8 @@ def _html(root: Path, df, title: str, agg, cells, curves, info, images: dict[str
         parts += ["<h2>Compute</h2>",
                   f"<p>Fit: {html.escape(str(info.get('metric')))}(C) = a&middot;C<sup>-b</sup> + c over the mean "
                   f"curve (C in training FLOPs; at least 4 points, else n/a). compute_to_target: training FLOPs "
-                  f"at which the mean curve first reaches {html.escape(_fmt(tgt))} ({html.escape(str(info.get('target_source')))}),"
+                  f"at which the mean curve first reaches {html.escape(_fmt(tgt))} "
+                  f"({html.escape(str(info.get('target_source')))}),"
                   f" interpolated in log-FLOPs; compute_ratio: relative to the baseline "
                   f"{html.escape(str(info.get('baseline')))}.</p>", _curve_table(curves, info.get("metric"))]
     if images:

@@ -194,15 +194,20 @@ def compute_columns(agg, curves: dict[str, dict[str, Any]], fid: str | None, tar
         for p in ("a", "b", "c"):
             agg.at[idx, f"fit_{p}"] = fit[p] if isinstance(fit, dict) else "n/a"
         agg.at[idx, "compute_to_target"] = cur["compute_to_target"]
-        ref = next((ctt[k] for k in ctt if k[1:] == (r["dataset"], tag) and
-                    (k[0] == base or str(k[0]).split("[")[0] == base or
-                     _method_of(curves, k) == base)), None)
+        ref = _baseline_ctt(curves, cur, base)
         ratio = cur["compute_to_target"] / ref if ref and np.isfinite(ref) and ref > 0 else float("nan")
         agg.at[idx, "compute_ratio"] = ratio
         cur["compute_ratio"] = ratio
     return agg, info
 
 
-def _method_of(curves: dict[str, dict[str, Any]], k: tuple) -> str | None:
-    cur = curves.get(f"{k[0]} | {k[1]} | {k[2]}")
-    return None if cur is None else cur.get("method")
+def _baseline_ctt(curves: dict[str, dict[str, Any]], cur: dict[str, Any], base: str) -> float | None:
+    """compute_to_target of the baseline's curve for ``cur``: same dataset, then the same setting tag, else
+    the same guidance (methods keep their own default samplers), else the only baseline curve there is."""
+    cands = [c for c in curves.values() if c["dataset"] == cur["dataset"] and
+             (c["label"] == base or str(c["label"]).split("[")[0] == base or c.get("method") == base)]
+    for pick in ([c for c in cands if c["tag"] == cur["tag"]], [c for c in cands if c["guidance"] == cur["guidance"]],
+                 cands if len(cands) == 1 else []):
+        if pick:
+            return pick[0]["compute_to_target"]
+    return None

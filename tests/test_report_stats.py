@@ -105,11 +105,12 @@ def test_report_aggregates_seeds_fits_curves_and_writes_every_output(suite_root)
     assert {"curve_" + "fid_trained_x", "fid_vs_guidance", "precision_recall"} <= set(summary["plots"])
     assert "fid_vs_nfe" not in summary["plots"]                  # the suite sweeps no NFE
     tex = paths["tex"].read_text()
-    assert tex.startswith(r"\begin{tabular}") and r"\toprule" in tex and r"\bottomrule" in tex
+    assert tex.startswith("% values: mean over training seeds") and "\n\\begin{tabular}" in tex
+    assert r"\toprule" in tex and r"\bottomrule" in tex
     # best per column in bold: FID ties between the two methods (same final values), the others are unique
     assert tex.count(r"\textbf{") == 2 + 1 + 1
     assert r"\textbf{" + f"{final:.3f}".rstrip("0") in tex      # the lowest FID mean is the bold one
-    assert "n_seeds" in paths["md"].read_text()
+    assert "n_seeds" in paths["md"].read_text() and "Student-t" in paths["md"].read_text()
     # default target: the worst final FID of the suite
     s2 = json.loads(write_report(suite_root, out=suite_root / "r2")["summary"].read_text())
     assert s2["compute"]["target"] == pytest.approx(final + 1.0, rel=1e-12)
@@ -127,3 +128,21 @@ def test_html_report_renders_in_headless_chromium(suite_root, tmp_path):
     assert all(w >= 100 for w in got["widths"]), got["widths"]
     assert got["tables"] >= 3 and got["rows"] >= 4 + 4 + 2, got     # aggregated, compute, per-cell tables
     assert "compute_to_target" in got["dom"] and "fast" in got["dom"]
+
+
+def test_ratio_uses_the_baseline_of_the_same_guidance_when_samplers_differ():
+    import pandas as pd
+
+    from bench.report_stats import compute_columns
+
+    def curve(label, tag, scale):
+        return {"label": label, "method": label, "dataset": "d", "tag": tag, "steps": None, "guidance": 1.0,
+                "points": [{"images": i, "flops": f * scale, "n": 1,
+                            FID: {"mean": float(fid_at(f)), "ci95": float("nan"), "n": 1}}
+                           for i, f in enumerate(np.geomspace(1e12, 1e14, 5))]}
+    curves = {"ct | d | stepsdefault-cfg1": curve("ct", "stepsdefault-cfg1", 1.0),
+              "edm | d | steps6-cfg1": curve("edm", "steps6-cfg1", 2.0)}
+    agg = pd.DataFrame([{"label": "ct", "dataset": "d", "tag": "stepsdefault-cfg1", f"{FID}_mean": 5.0},
+                        {"label": "edm", "dataset": "d", "tag": "steps6-cfg1", f"{FID}_mean": 6.0}])
+    out, info = compute_columns(agg, curves, FID, {"fid": 10.0}, None)
+    assert info["baseline"] == "edm" and list(out["compute_ratio"]) == pytest.approx([0.5, 1.0], rel=1e-9)

@@ -20,7 +20,8 @@ from bench.launch.slurm import (EvaluateJob, SampleJob, Submitted, TrainJob, _ex
                                 run_slurm, scheduler_states, slurm_available, submit_cell, wait_slurm)
 
 __all__ = ["PlannedCell", "plan_cells", "budget_flops", "prepare", "is_finished", "MemoryEstimate", "gpu_hours",
-           "peak_memory", "MetricsFn", "train_phase", "train_with_points", "sample_phase", "shard_path", "evaluate_phase",
+           "peak_memory", "MetricsFn", "train_phase", "train_with_points", "sample_phase", "shard_path",
+           "evaluate_phase",
            "default_metrics", "run_local", "TrainJob", "SampleJob", "EvaluateJob", "Submitted", "submit_cell",
            "run_slurm", "wait_slurm", "distributed_env", "preflight", "parse_slurm_time", "scheduler_states",
            "live_jobs", "cancel_jobs", "executor_parameters", "slurm_available", "_explain_submit_error"]
