@@ -83,7 +83,7 @@ def to_html_table(table) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row[c]))}</td>" for c in table.columns) + "</tr>"
                    for _, row in table.iterrows())
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _png_b64(data: bytes) -> str:
@@ -249,7 +249,8 @@ def _html(root: Path, df, title: str, agg, cells, curves, info, images: dict[str
         parts += ["<h2>Samples</h2>"] + [f"<figure>{img(d, c)}<figcaption>{html.escape(c)}</figcaption></figure>"
                                          for c, d in grids]
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px}figure{display:inline-block;margin:4px}")
+             "td,th{border:1px solid #ccc;padding:3px 6px}figure{display:inline-block;margin:4px}"
+             ".wide{overflow-x:auto;max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 
