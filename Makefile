@@ -6,7 +6,7 @@ PY          := $(VENV)/bin/python
 TORCH_SPEC  ?= torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?= -q
 
-.PHONY: setup data-packages demo test slurm-up slurm-down
+.PHONY: setup data-packages demo demo-all sanity test slurm-up slurm-down perf-gpu
 
 setup: $(VENV)/.installed
 
@@ -26,8 +26,24 @@ data-packages:
 	      openclipart-png fonts-noto-color-emoji chromium >/dev/null; \
 	  else echo "note: install Debian packages openclipart-png fonts-noto-color-emoji chromium (demo data, report test)"; fi; fi
 
+# The prepared GPU benchmark (one CUDA device, < 5 min): every method's paper preset at its real resolution,
+# bf16, compile off and on, then the trainer's overhead / breakdown / MFU on the EDM ImageNet-64 preset.
+perf-gpu: setup
+	mkdir -p results
+	$(VENV)/bin/bench perf gpu --json results/perf_gpu.json
+	$(VENV)/bin/bench perf trainer --preset imagenet64 --batch 64 --steps 20 --repeats 1 --no-scaling \
+	  --json results/perf_trainer_gpu.json
+
 demo: setup data-packages
-	$(VENV)/bin/bench run suites/demo.yaml
+	OMP_NUM_THREADS=1 $(VENV)/bin/bench run suites/demo.yaml
+
+# Every generative method, same settings as the demo (~30 min on 2 cores).
+demo-all: setup data-packages
+	OMP_NUM_THREADS=1 $(VENV)/bin/bench run suites/demo-all.yaml
+
+# Learning checks of every method and the papers' orderings (README "Learning evidence").
+sanity: setup data-packages
+	OMP_NUM_THREADS=1 $(VENV)/bin/bench sanity all --claims
 
 test: setup data-packages
 	$(PY) -m pytest $(PYTEST_ARGS)

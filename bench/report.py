@@ -17,7 +17,7 @@ from bench.report_stats import aggregate, compute_columns, curve_points, lower_i
 from bench.store import collect, collect_curves
 
 METRIC_COLUMNS = ("fid", "sfid", "is", "precision", "recall", "kid", "clip_score", "fd_dinov2")
-BASE_COLUMNS = ("label", "method", "dataset", "seed", "status", "params", "train_images", "budget_flops",
+BASE_COLUMNS = ("label", "method", "dataset", "seed", "status", "baseline", "params", "train_images", "budget_flops",
                 "train_flops", "spend_rel_error", "spend_flagged", "steps", "guidance", "tag", "nfe",
                 "sample_flops_per_image")
 INTERVALS = {
@@ -246,11 +246,12 @@ def _html(root: Path, df, title: str, agg, cells, curves, info, images: dict[str
     parts += ["<h2>Per cell</h2>", to_html_table(cells)]
     grids = _sample_grids(root)
     if grids:
-        parts += ["<h2>Samples</h2>"] + [f"<figure>{img(d, c)}<figcaption>{html.escape(c)}</figcaption></figure>"
-                                         for c, d in grids]
+        parts += ["<h2>Samples</h2>"] + [f"<figure class='grid'>{img(d, c)}<figcaption>{html.escape(c)}"
+                                         "</figcaption></figure>" for c, d in grids]
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
              "td,th{border:1px solid #ccc;padding:3px 6px}figure{display:inline-block;margin:4px}"
-             ".wide{overflow-x:auto;max-width:100%}")
+             ".wide{overflow-x:auto;max-width:100%}"
+             "figure.grid img{min-width:256px;image-rendering:pixelated}")   # 16-px grids stay visible
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
 

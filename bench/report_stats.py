@@ -169,8 +169,9 @@ def compute_columns(agg, curves: dict[str, dict[str, Any]], fid: str | None, tar
         return agg, info
     target = targets.get("fid")
     info["target_source"] = "suite targets.fid" if target is not None else "worst final FID of the suite"
-    if target is None:
-        finals = agg[f"{fid}_mean"].dropna()
+    if target is None:        # over the trained methods: a baseline row (gaussian, untrained) is no target
+        rows = agg[~agg["baseline"].fillna(False).astype(bool)] if "baseline" in agg.columns else agg
+        finals = rows[f"{fid}_mean"].dropna()
         target = float(finals.max()) if len(finals) else float("nan")
     info["target"] = target
     agg = agg.copy()

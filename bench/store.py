@@ -217,7 +217,8 @@ def collect(root: str | Path):
                 "train_images": summary.get("images"), "train_flops": summary.get("flops"),
                 "error": rf.error_line(), **{f"sweep.{k}": v for k, v in (cell.get("sweep") or {}).items()}}
         m = rf.metrics()
-        base.update({k: v for k, v in m.items() if k in ("params", "spend_rel_error", "spend_flagged", "spent_flops")})
+        base.update({k: v for k, v in m.items()
+                     if k in ("params", "spend_rel_error", "spend_flagged", "spent_flops", "baseline")})
         settings = m.get("settings") or []
         if not settings:
             rows.append(base)

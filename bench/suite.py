@@ -167,11 +167,16 @@ class Suite(Strict):
     cluster: str | None = Field(None, description="slurm profile: a name in slurm/ or a path to a yaml file")
     published: dict[str, dict[str, float]] = Field(default_factory=dict,
                                                    description="label -> metric -> paper's number")
+    baselines: list[str] = Field(default_factory=list,
+                                 description="rows a method must beat, evaluated like the cells (bench.baselines): "
+                                             "gaussian (pixel mean + full covariance), untrained (each cell's "
+                                             "network at initialisation, sampled the same way)")
     eval_every: EvalEvery | None = Field(None, description="intermediate evaluations (FID-vs-compute curves)")
     targets: dict[str, float] = Field(default_factory=dict, description="metric -> target for the report's "
                                                                         "compute_to_target (default fid: the "
                                                                         "worst final FID of the suite)")
-    baseline: str | None = Field(None, description="label (or method) compute ratios refer to (default edm)")
+    baseline: str | None = Field(None, description="label (or method) the report's compute_ratio refers "
+                                                        "to (default edm); not `baselines`")
 
     @model_validator(mode="after")
     def _check(self) -> "Suite":
@@ -181,6 +186,10 @@ class Suite(Strict):
             raise ValueError("needs at least one method")
         if not self.seeds:
             raise ValueError("needs at least one seed")
+        from bench.baselines import BASELINES
+        bad = [b for b in self.baselines if b not in BASELINES]
+        if bad:
+            raise ValueError(f"baselines: unknown {bad}; allowed: {', '.join(BASELINES)}")
         return self
 
 

@@ -362,6 +362,7 @@ class ConsistencyDistillation(_Consistency):
     description = "Consistency distillation: EDM teacher stage, then CD with a Heun teacher step and an EMA target"
     presets = {
         "cpu-tiny": dict(resolution=32, unet="cpu-tiny", num_scales=18, target_ema=0.95, sampling_ts="0,8,17"),
+        "cpu-demo": dict(resolution=16, unet="cpu-tiny", num_scales=18, target_ema=0.95, sampling_ts="0,8,17", conditioning="class", num_classes=10),
         "cifar10": dict(resolution=32, unet="cpu-tiny", num_scales=18, target_ema=0.95,
                         unet_overrides=dict(model_channels=128, channel_mult=(2, 2, 2), num_blocks=4,
                                             attn_resolutions=(16,), channels_per_head=64),
@@ -379,6 +380,7 @@ class ConsistencyDistillation(_Consistency):
     }
     train_defaults = {
         "cpu-tiny": dict(batch=32, lr=2e-4, warmup_images=2_000, ema_halflife_kimg=[5.0]),
+        "cpu-demo": dict(batch=32, lr=1e-3, warmup_images=1_000, ema_halflife_kimg=[2.0]),
         "cifar10": _paper_train(512, 4e-4, 800_000, 200e6, optimizer="radam", warmup_images=10_000_000),
         "imagenet64": _paper_train(2048, 8e-6, 600_000, 2.5e9, warmup_images=0),
         "imagenet64-l2": _paper_train(2048, 8e-6, 600_000, 2.5e9, warmup_images=0),
@@ -414,6 +416,8 @@ class ConsistencyTraining(_Consistency):
     presets = {
         "cpu-tiny": dict(resolution=32, unet="cpu-tiny", start_scales=2, end_scales=32, start_ema=0.9,
                          sampling_ts="0,16,32"),
+        "cpu-demo": dict(resolution=16, unet="cpu-tiny", start_scales=2, end_scales=32, start_ema=0.9,
+                         sampling_ts="0,16,32", conditioning="class", num_classes=10),
         "cifar10": dict(resolution=32, unet="cpu-tiny", start_scales=2, end_scales=150, start_ema=0.9,
                         unet_overrides=dict(model_channels=128, channel_mult=(2, 2, 2), num_blocks=4,
                                             attn_resolutions=(16,), channels_per_head=64)),
@@ -430,6 +434,7 @@ class ConsistencyTraining(_Consistency):
     }
     train_defaults = {
         "cpu-tiny": dict(batch=32, lr=2e-4, warmup_images=2_000, ema_halflife_kimg=[5.0]),
+        "cpu-demo": dict(batch=32, lr=1e-3, warmup_images=1_000, ema_halflife_kimg=[2.0]),
         "cifar10": _paper_train(512, 2e-4, 800_000, optimizer="radam", warmup_images=10_000_000),
         "imagenet64": _paper_train(2048, 1e-4, 800_000, 2.5e9, warmup_images=0),
         "lsun256": _paper_train(256, 5e-5, 1_000_000, 1_000_000 * 256, warmup_images=0),
@@ -464,6 +469,8 @@ class ImprovedConsistencyTraining(_Consistency):
     presets = {
         "cpu-tiny": dict(resolution=32, unet="cpu-tiny", start_scales=4, end_scales=64, total_steps=2_000,
                          dropout=0.3, sampling_ts="0,32,64"),
+        "cpu-demo": dict(resolution=16, unet="cpu-tiny", start_scales=4, end_scales=64, total_steps=2_000,
+                         dropout=0.3, sampling_ts="0,32,64", conditioning="class", num_classes=10),
         "cifar10": dict(resolution=32, unet="cpu-tiny", dropout=0.3, total_steps=400_000,
                         unet_overrides=dict(model_channels=128, channel_mult=(2, 2, 2), num_blocks=4,
                                             attn_resolutions=(16,), channels_per_head=64)),
@@ -473,6 +480,7 @@ class ImprovedConsistencyTraining(_Consistency):
     }
     train_defaults = {
         "cpu-tiny": dict(batch=32, lr=2e-4, warmup_images=2_000, ema_halflife_kimg=[5.0]),
+        "cpu-demo": dict(batch=32, lr=1e-3, warmup_images=1_000, ema_halflife_kimg=[2.0]),
         "cifar10": dict(batch=1024, lr=1e-4, betas=(0.9, 0.995), images=400_000 * 1024, warmup_images=0,
                         ema_halflife_kimg=[round(ema_halflife_kimg(0.99993, 1024), 1)]),
         "imagenet64": dict(batch=4096, lr=1e-4, betas=(0.9, 0.995), images=800_000 * 4096, warmup_images=0,

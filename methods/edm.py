@@ -95,6 +95,8 @@ class EDM(Method):
         "cpu-tiny": dict(resolution=32, unet="cpu-tiny", steps=18),
         "cpu-tiny-cond": dict(resolution=32, unet="cpu-tiny", steps=18, conditioning="class", num_classes=4,
                               label_dropout=0.1),
+        # the demo / `bench sanity` scale: 16-px clip art, 10 classes (README "Learning evidence")
+        "cpu-demo": dict(resolution=16, unet="cpu-tiny", steps=18, conditioning="class", num_classes=10),
         "imagenet64": dict(resolution=64, conditioning="class", num_classes=1000, unet="adm64",
                            unet_overrides={"dropout": 0.10}, steps=256, S_churn=40, S_min=0.05, S_max=50,
                            S_noise=1.003),
@@ -105,6 +107,7 @@ class EDM(Method):
     # Training settings of the paper per preset (applied by suites unless overridden). CARDS.md §1.
     train_defaults = {
         "cpu-tiny": dict(batch=32, lr=2e-4, warmup_images=2_000, ema_halflife_kimg=[5.0]),
+        "cpu-demo": dict(batch=32, lr=1e-3, warmup_images=1_000, ema_halflife_kimg=[2.0]),
         "imagenet64": dict(batch=4096, lr=1e-4, warmup_images=10_000_000, ema_halflife_kimg=[50_000.0],
                            images=2_500_000_000),
     }

@@ -125,6 +125,8 @@ class GreedyGrowing(Method):
     presets = {
         "cpu-tiny": _tiny,
         "cpu-tiny-cond": dict(_tiny, conditioning="class", num_classes=4, label_dropout=0.1),
+        "cpu-demo": dict(_tiny, resolution=16, low_resolution=8, ref_resolution=8, conditioning="class",
+                         num_classes=10, label_dropout=0.1),
         "cc12m256": _cc12m,
         "coco256": _cc12m,    # the CC12M model's architecture, trained on COCO captions (our choice)
         "t2i1024": dict(_cc12m, resolution=1024, core_width=2048, core_depth=24, heads=16,
@@ -134,6 +136,7 @@ class GreedyGrowing(Method):
     _paper_train = dict(batch=256, lr=1e-4, warmup_images=10_000 * 256, images=1_000_000 * 256,
                         ema_halflife_kimg=[256 * 6931.1 / 1000.0], ema_rampup=None, precision="bf16")
     train_defaults = {"cpu-tiny": _tiny_train, "cpu-tiny-cond": _tiny_train,
+                      "cpu-demo": dict(batch=32, lr=1e-3, warmup_images=1_000, ema_halflife_kimg=[2.0]),
                       "cc12m256": _paper_train, "coco256": _paper_train, "t2i1024": _paper_train}
     deterministic_overrides = {"dropout": 0.0}
 

@@ -194,6 +194,10 @@ class RelayDiffusion(Method):
                          base_unet="cpu-tiny", unet="cpu-tiny",
                          base_steps=18, steps=40, rho=7.0, truncation_sigma=0.9, truncation_t=0.93,
                          prob_length=0.93, blur_sigma_max=3.0, block_scale=0.15),
+        "cpu-demo": dict(resolution=16, up_scale=2, conditioning="class", num_classes=10, label_dropout=0.1,
+                         base_unet="cpu-tiny", unet="cpu-tiny",
+                         base_steps=18, steps=40, rho=7.0, truncation_sigma=0.9, truncation_t=0.93,
+                         prob_length=0.93, blur_sigma_max=3.0, block_scale=0.15),
         "imagenet256": dict(resolution=256, up_scale=4, conditioning="class", num_classes=1000, label_dropout=0.1,
                             base_unet="adm64", base_unet_overrides={"dropout": 0.1},
                             unet="adm256", unet_overrides={"dropout": 0.1},
@@ -212,6 +216,7 @@ class RelayDiffusion(Method):
     }
     train_defaults = {
         "cpu-tiny": dict(batch=32, lr=2e-4, warmup_images=2_000, ema_halflife_kimg=[5.0]),
+        "cpu-demo": dict(batch=32, lr=1e-3, warmup_images=1_000, ema_halflife_kimg=[2.0]),
         "imagenet256": _paper_train(4096, 1_250_000_000, [50_000.0, 500.0]),
         "celebahq256": _paper_train(1024, 47_000_000, [500.0]),
     }

@@ -207,6 +207,9 @@ class SimpleDiffusion(Method):
         "cpu-tiny-cond": dict(resolution=32, uvit="cpu-tiny", schedule="shifted", ref_resolution=16,
                               multiscale=[8, 16, 32], steps=64, conditioning="class", num_classes=4,
                               label_dropout=0.1),
+        "cpu-demo": dict(resolution=16, uvit=dict(_TINY_UVIT, dropout_max_res=4), schedule="shifted",
+                         ref_resolution=8, multiscale=[4, 8, 16], steps=64, conditioning="class", num_classes=10,
+                         label_dropout=0.1),
         "imagenet128": dict(resolution=128, conditioning="class", num_classes=1000, uvit="uvit128",
                             schedule="shifted", ref_resolution=64, multiscale=None, steps=512),
         "imagenet256": dict(resolution=256, conditioning="class", num_classes=1000, uvit="uvit256",
@@ -225,6 +228,7 @@ class SimpleDiffusion(Method):
                         ema_halflife_kimg=[2048 * 6931.1 / 1000.0], ema_rampup=None, precision="bf16")
     train_defaults = {
         "cpu-tiny": _tiny_train, "cpu-tiny-interp": _tiny_train, "cpu-tiny-cond": _tiny_train,
+        "cpu-demo": dict(batch=32, lr=1e-3, warmup_images=1_000, ema_halflife_kimg=[2.0]),
         "imagenet128": _paper_train, "imagenet256": _paper_train, "imagenet512": _paper_train,
         "coco256": _paper_train,
     }

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from bench.flops import training_flops
 from bench.checkpoint import CheckpointStore, load_checkpoint
 from bench.consistency.perceptual import (LIN_RELPATH, VGG16_CHANNELS, VGG16_CONVS, VGG16_RELPATH, asset_specs,
                                           build_lpips_network, lpips_inputs, random_lpips_states, stage_random_lpips)
@@ -221,7 +222,7 @@ def test_lpips_is_counted_in_the_training_flops(lpips_assets):
         m = build_method("cd", "cpu-tiny", {**common, "metric": metric})
         teacher, distill = m.stages()
         distill.enter()
-        per[metric] = (m.flops_per_example(teacher), m.flops_per_example(distill))
+        per[metric] = (training_flops(m, teacher), training_flops(m, distill))
     assert per["lpips"][0] == per["l2"][0]               # the teacher stage does not use the distance
     extra = per["lpips"][1] - per["l2"][1]
     assert extra == pytest.approx(_vgg_lpips_flops(64), rel=1e-9)

@@ -111,8 +111,14 @@ def test_report_aggregates_seeds_fits_curves_and_writes_every_output(suite_root)
     assert tex.count(r"\textbf{") == 2 + 1 + 1
     assert r"\textbf{" + f"{final:.3f}".rstrip("0") in tex      # the lowest FID mean is the bold one
     assert "n_seeds" in paths["md"].read_text() and "Student-t" in paths["md"].read_text()
-    # default target: the worst final FID of the suite
+    # default target: the worst final FID of the suite's methods (a baseline row, bench.baselines, is none)
+    rf = RunFolder(suite_root / "baseline-gaussian")
+    rf.write_cell({"label": "baseline-gaussian", "method": None, "dataset": "d", "seed": 0})
+    rf.metrics_file.write_text(json.dumps({"baseline": True, "settings": [{"steps": None, "guidance": 1.0,
+                                                                           "tag": "stepsdefault-cfg1", FID: 500.0}]}))
+    rf.set_status("done")
     s2 = json.loads(write_report(suite_root, out=suite_root / "r2")["summary"].read_text())
+    assert any(r["label"] == "baseline-gaussian" and r[f"{FID}_mean"] == 500.0 for r in s2["table"])
     assert s2["compute"]["target"] == pytest.approx(final + 1.0, rel=1e-12)
 
 

@@ -16,6 +16,7 @@ from bench.checkpoint import CheckpointStore, load_checkpoint
 from bench.ema import EMA
 from bench.method import build_method, load_all
 from bench.perf.trainer import count_scalar_reads
+from test_train import toy  # noqa: F401  (fixture: registers the two-stage toy method)
 from helpers import (adam_weight_atol, assert_reduction_close, net_reduction_shape, reduction_atol, tiny_preset,
                      tiny_run_config)
 
@@ -130,7 +131,7 @@ def test_zero1_checkpoint_resumes_on_another_world_size(tmp_path):
     _assert_ddp_close(_weights(tmp_path / "one"), _weights(tmp_path / "mixed"), cfg, name, over, steps=4)
 
 
-def test_ddp_divergence_fails_both_ranks_cleanly(tmp_path):
+def test_ddp_divergence_fails_both_ranks_cleanly(tmp_path, toy):
     """A NaN loss stops both ranks at the same sync point with a real error: exit 1, the group destroyed,
     no SIGABRT (-6) and no hang."""
     from bench.config import load_run_config

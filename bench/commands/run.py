@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
         with trust_checkpoints(args.trust_checkpoint):
             status = run_local(planned, suite.name)
         failed = [k for k, v in status.items() if v != "done"]
+        if suite.baselines:
+            from bench.baselines import run_baselines
+            run_baselines(suite.baselines, planned, root)
     else:
         submitted = run_slurm(planned, suite.name, profile, trust=args.trust_checkpoint)
         failed = [k for k, v in submitted.items() if v == "failed"]

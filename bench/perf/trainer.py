@@ -129,8 +129,12 @@ def _run_config(args, device: torch.device, images: int, batch: int | None = Non
     from bench.config import load_run_config
     from bench.method import build_method
 
-    stage = build_method(args.method, args.preset).stages()[0]
-    data = {"kind": "synthetic", "resolution": max(stage.resolutions), "options": {"n": 4096}}
+    m = build_method(args.method, args.preset)
+    stage = m.stages()[0]
+    opts: dict[str, Any] = {"n": 4096, "num_classes": m.config.num_classes or 0}
+    if m.config.conditioning == "text":
+        opts["text_dim"] = m.config.text_dim
+    data = {"kind": "synthetic", "resolution": m.config.resolution, "options": opts}
     return load_run_config(data={
         "method": args.method, "preset": args.preset, "data": data, "stage_images": None,
         "train": {"images": images, "batch": batch or args.batch, "checkpoint_images": 10 ** 12,
