@@ -16,13 +16,15 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[test]"
 	touch $@
 
-# Real CPU-scale data (Debian's clip-art and colour-emoji packages); needs root + apt, skipped otherwise.
+# Real CPU-scale data (Debian's clip-art and colour-emoji packages) and chromium (the report's browser
+# test); needs root + apt, skipped otherwise.
 data-packages:
-	@if [ ! -d /usr/share/openclipart/png ] || [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ]; then \
+	@if [ ! -d /usr/share/openclipart/png ] || [ ! -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || \
+	    ! command -v chromium >/dev/null; then \
 	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-	      openclipart-png fonts-noto-color-emoji >/dev/null; \
-	  else echo "note: install Debian packages openclipart-png fonts-noto-color-emoji for the demo data"; fi; fi
+	      openclipart-png fonts-noto-color-emoji chromium >/dev/null; \
+	  else echo "note: install Debian packages openclipart-png fonts-noto-color-emoji chromium (demo data, report test)"; fi; fi
 
 # The prepared GPU benchmark (one CUDA device, < 5 min): every method's paper preset at its real resolution,
 # bf16, compile off and on, then the trainer's overhead / breakdown / MFU on the EDM ImageNet-64 preset.

@@ -217,10 +217,37 @@ def collect(root: str | Path):
                 "train_images": summary.get("images"), "train_flops": summary.get("flops"),
                 "error": rf.error_line(), **{f"sweep.{k}": v for k, v in (cell.get("sweep") or {}).items()}}
         m = rf.metrics()
-        base.update({k: v for k, v in m.items() if k in ("params", "spend_rel_error", "spend_flagged", "spent_flops")})
+        base.update({k: v for k, v in m.items()
+                     if k in ("params", "spend_rel_error", "spend_flagged", "spent_flops", "baseline")})
         settings = m.get("settings") or []
         if not settings:
             rows.append(base)
         for s in settings:
-            rows.append({**base, **{k: v for k, v in s.items() if not isinstance(v, (dict, list))}})
+            rows.append({**base, **_setting_values(s)})
+    return pd.DataFrame(rows)
+
+
+def _setting_values(s: dict[str, Any]) -> dict[str, Any]:
+    """A setting row's scalars plus ``<metric>_boot_std`` (sampling noise) from its metrics_detail."""
+    out = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
+    noise = (s.get("metrics_detail") or {}).get("sampling_noise") or {}
+    out.update({f"{k}_boot_std": v.get("std") for k, v in noise.items() if isinstance(v, dict)})
+    return out
+
+
+def collect_curves(root: str | Path):
+    """One row per (cell, evaluation point, sampling setting): training images and FLOPs, and metrics —
+    metrics.json's ``curve`` (which ends with the final point), else the partial metrics_curve.json."""
+    import pandas as pd
+
+    rows = []
+    for rf in cell_folders(root):
+        cell = rf.read_cell()
+        points = rf.metrics().get("curve") or _read_json(rf.path / "metrics_curve.json").get("points") or []
+        base = {"cell": rf.path.name, "label": cell.get("label"), "method": cell.get("method"),
+                "dataset": cell.get("dataset"), "seed": cell.get("seed")}
+        for pt in points:
+            for s in pt.get("settings") or []:
+                rows.append({**base, "images": pt.get("images"), "flops": pt.get("flops"),
+                             "final": bool(pt.get("final", False)), **_setting_values(s)})
     return pd.DataFrame(rows)

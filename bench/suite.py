@@ -135,6 +135,21 @@ class Sweep(Strict):
         return [{**g, **z} for g in grid for z in zipped]
 
 
+class EvalEvery(Strict):
+    """Intermediate evaluation points: every ``images`` training images, or every ``flops`` training FLOPs
+    (converted to images with the planned per-image cost of each stage). The final checkpoint is always
+    evaluated; points at or past the end of training are dropped."""
+
+    images: int | None = Field(None, gt=0)
+    flops: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "EvalEvery":
+        if (self.images is None) == (self.flops is None):
+            raise ValueError("give exactly one of images, flops")
+        return self
+
+
 class Suite(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -156,6 +171,12 @@ class Suite(Strict):
                                  description="rows a method must beat, evaluated like the cells (bench.baselines): "
                                              "gaussian (pixel mean + full covariance), untrained (each cell's "
                                              "network at initialisation, sampled the same way)")
+    eval_every: EvalEvery | None = Field(None, description="intermediate evaluations (FID-vs-compute curves)")
+    targets: dict[str, float] = Field(default_factory=dict, description="metric -> target for the report's "
+                                                                        "compute_to_target (default fid: the "
+                                                                        "worst final FID of the suite)")
+    baseline: str | None = Field(None, description="label (or method) the report's compute_ratio refers "
+                                                        "to (default edm); not `baselines`")
 
     @model_validator(mode="after")
     def _check(self) -> "Suite":
@@ -189,6 +210,7 @@ class Cell:
     metrics_options: dict[str, Any]
     reference: str | None
     sweep: dict[str, Any] = field(default_factory=dict)
+    eval_every: dict[str, Any] | None = None   # not in the id: evaluating more points never changes training
 
     def run_config(self) -> RunConfig:
         return validate_model(RunConfig, self.run)  # type: ignore[return-value]
@@ -332,7 +354,8 @@ def _make_cell(suite: Suite, mi: int, entry: MethodEntry, name: str, preset: str
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in (entry.label or name))
     return Cell(id=f"{safe}-{cid}", label=label, method=name, preset=preset, dataset=ds_name, seed=seed,
                 run=run, budget=budget, sampling=sampling, metrics=list(suite.metrics),
-                metrics_options=dict(suite.metrics_options), reference=ds.reference, sweep=dict(point))
+                metrics_options=dict(suite.metrics_options), reference=ds.reference, sweep=dict(point),
+                eval_every=suite.eval_every.model_dump(exclude_none=True) if suite.eval_every else None)
 
 
 def sampling_settings(sampling: dict[str, Any]) -> list[tuple[int | None, float]]:

@@ -1,4 +1,4 @@
-"""`bench report <suite>`: comparison table (md/csv/html), plots and report.html from the run folders."""
+"""`bench report <suite>`: tables (md/csv/tex/html), curves, plots, summary.json and report.html from the run folders."""
 from __future__ import annotations
 
 import argparse
@@ -15,14 +15,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from bench.commands.status import resolve_root
-    from bench.report import comparison_table, to_markdown, write_report
-    from bench.store import collect
+    from bench.report import write_report
     from bench.suite import load_suite
 
     root = resolve_root(args.suite)
-    published = load_suite(args.suite).published if Path(args.suite).is_file() else None
-    paths = write_report(root, args.out, published=published)
-    print(to_markdown(comparison_table(collect(root), published)))
+    suite = load_suite(args.suite) if Path(args.suite).is_file() else None
+    paths = write_report(root, args.out, published=suite.published if suite else None,
+                         targets=suite.targets if suite else None, baseline=suite.baseline if suite else None)
+    print(paths["md"].read_text())
     for k, p in paths.items():
         print(f"{k}: {p}")
     return 0

@@ -71,10 +71,10 @@ def run(args: argparse.Namespace) -> int:
         from bench.store import RunFolder
         failed = [pc.cell.id for pc in planned if RunFolder(pc.run_dir).status() != "done"]
     if not args.no_report:
-        from bench.report import comparison_table, to_markdown, write_report
-        from bench.store import collect
-        paths = write_report(root, title=suite.name, published=suite.published)
-        print(to_markdown(comparison_table(collect(root), suite.published)))
+        from bench.report import write_report
+        paths = write_report(root, title=suite.name, published=suite.published, targets=suite.targets,
+                             baseline=suite.baseline)
+        print(paths["md"].read_text())
         print(f"report: {paths['report']}")
     if failed:
         print(f"{len(failed)} cell(s) failed: {', '.join(failed)} (details: bench status {args.suite})")

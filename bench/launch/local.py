@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-from bench.launch.phases import MetricsFn, evaluate_phase, sample_phase, train_phase
+from bench.launch.curve import evaluate_point
+from bench.launch.phases import MetricsFn, default_metrics, evaluate_phase, sample_phase, train_with_points
 from bench.launch.planning import PlannedCell, is_finished, prepare
 
 
@@ -22,7 +23,9 @@ def run_local(planned: list[PlannedCell], suite_name: str, metrics_fn: MetricsFn
             continue
         t0 = time.time()
         try:
-            result = train_phase(rf.path, progress=progress)
+            # eval_every: train in slices, scoring each slice's checkpoint before training on
+            result = train_with_points(rf.path, progress, lambda images, rf=rf: evaluate_point(
+                rf, images, metrics_fn or default_metrics, rf.read_cell()))
             if not result.get("done"):
                 raise RuntimeError("training stopped before its budget was spent")
             for k in range(pc.cell.sampling["shards"]):

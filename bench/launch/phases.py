@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 from bench.compute import spend_check
 from bench.flops import sampling_cost
+from bench.launch.curve import eval_points, evaluate_curve, keep_checkpoint
+from bench.launch.scoring import score_setting
 from bench.store import RunFolder, environment_record, now
 from bench.suite import Cell, sampling_settings, setting_tag, shard_seeds
 
@@ -22,8 +24,8 @@ def _cell(rf: RunFolder) -> Cell:
     return Cell.from_dict(rf.read_cell())
 
 
-def train_phase(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train (or resume) the cell; returns bench.train.train's summary."""
+def train_phase(run_dir: str | Path, progress: bool = True, stop_after_images: int | None = None) -> dict[str, Any]:
+    """Train (or resume) the cell, up to ``stop_after_images`` if given; returns bench.train.train's summary."""
     from bench.train import train
 
     rf = RunFolder(run_dir)
@@ -40,7 +42,7 @@ def train_phase(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
         restarts = int(os.environ.get("SLURM_RESTART_COUNT", "0"))
         rf.record("train", {"started_at": now(), "restarts": restarts, **environment_record()})
     try:
-        result = train(cfg, rf.path)
+        result = train(cfg, rf.path, stop_after_images=stop_after_images)
     except BaseException as err:
         if rank == 0 and not isinstance(err, (KeyboardInterrupt, SystemExit)):
             rf.fail("train", err)
@@ -50,6 +52,29 @@ def train_phase(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
                             "images": result.get("images"), "flops": result.get("flops"),
                             "done": result.get("done")})
     return result
+
+
+def train_with_points(run_dir: str | Path, progress: bool = True,
+                      on_point: Callable[[int], Any] | None = None) -> dict[str, Any]:
+    """Train the cell in slices ending at its evaluation points (keeping each point's checkpoint and calling
+    ``on_point(images)`` after it), then to the end. Returns the last train summary; one that is not
+    ``done`` means training was asked to stop (a SLURM requeue) and resumes on the next call."""
+    rf = RunFolder(run_dir)
+    cell = rf.read_cell()
+    summary = rf.train_summary()
+    if summary.get("done"):
+        return summary
+    for p in eval_points(cell):
+        if int(summary.get("images") or 0) >= p:
+            continue
+        summary = train_phase(run_dir, progress=progress, stop_after_images=p)
+        if summary.get("done") or int(summary.get("images") or 0) < p:
+            return summary                    # finished early or stopped from outside: nothing to keep
+        if int(os.environ.get("RANK", "0")) == 0:
+            keep_checkpoint(rf, int(summary["images"]), float(summary["flops"]))
+            if on_point is not None:
+                on_point(int(summary["images"]))
+    return train_phase(run_dir, progress=progress)
 
 
 def sample_phase(run_dir: str | Path, shard: int) -> list[str]:
@@ -100,6 +125,7 @@ def evaluate_phase(run_dir: str | Path, metrics_fn: MetricsFn | None = None) -> 
         spend = spend_check(budget, float(summary.get("flops") or 0.0), float(cell.budget.get("tolerance", 0.02)))
         method, _ = load_run(rf.path, device="cpu")
         metrics_fn = metrics_fn or default_metrics
+        curve = evaluate_curve(rf, metrics_fn, cell_d) if cell_d.get("eval_every") else []
         settings = []
         for steps, guidance in sampling_settings(cell.sampling):
             shards = [shard_path(rf, steps, guidance, k, cell.sampling["shards"])
@@ -107,20 +133,14 @@ def evaluate_phase(run_dir: str | Path, metrics_fn: MetricsFn | None = None) -> 
             missing = [str(p) for p in shards if not p.is_file()]
             if missing:
                 raise FileNotFoundError(f"sample shards missing: {', '.join(missing)}")
-            cost = sampling_cost(method, steps, guidance)
-            try:
-                result = metrics_fn({**cell_d, "_suite_dir": str(rf.path.parent)}, shards)
-                values, note = result.get("metrics", result), None
-            except _unavailable_errors() as err:          # missing weights/reference: say so, keep the cell
-                values, note = {}, f"metrics unavailable: {str(err).splitlines()[0]}"
-                result = {}
-            settings.append({"steps": steps, "guidance": guidance, "tag": setting_tag(steps, guidance),
-                             "n_samples": int(cell.sampling["n"]), **cost, **values,
-                             **({"metrics_note": note} if note else {}),
-                             "metrics_detail": {k: v for k, v in result.items() if k != "metrics"}})
+            settings.append(score_setting(cell_d, rf, shards, steps, guidance, sampling_cost(method, steps, guidance),
+                                          metrics_fn))
+        if curve:
+            curve = [*curve, {"images": summary.get("images"), "flops": summary.get("flops"), "final": True,
+                              "settings": settings}]
         record = {"cell": cell.id, "label": cell.label, "train": summary, **spend,
                   "planned_flops": plan.get("planned_flops"), "params": method.param_count(method.sampling_modules()),
-                  "settings": settings, "evaluated_at": now()}
+                  "settings": settings, **({"curve": curve} if curve else {}), "evaluated_at": now()}
         atomic_write_json(rf.metrics_file, record)
     except Exception as err:
         rf.fail("eval", err)
@@ -128,14 +148,6 @@ def evaluate_phase(run_dir: str | Path, metrics_fn: MetricsFn | None = None) -> 
     rf.record("eval", {"ended_at": now()})
     rf.set_status("done")
     return record
-
-
-def _unavailable_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from bench.metrics.assets import AssetError
-        return (AssetError, ImportError)
-    except ImportError:
-        return (ImportError,)
 
 
 def default_metrics(cell: dict[str, Any], shards: list[Path]) -> dict[str, Any]:
@@ -146,8 +158,9 @@ def default_metrics(cell: dict[str, Any], shards: list[Path]) -> dict[str, Any]:
     from bench.metrics.sources import iter_npz
     from bench.method import validate_model
 
-    settings = validate_model(EvalSettings, {**cell.get("metrics_options", {}), "metrics": cell["metrics"]},
-                              prefix="metrics_options.")
+    options = dict(cell.get("metrics_options", {}))
+    resamples = int(options.pop("bootstrap", 10))     # FID bootstrap resamples (sampling noise); 0 = off
+    settings = validate_model(EvalSettings, {**options, "metrics": cell["metrics"]}, prefix="metrics_options.")
     ref = cell.get("reference")
     if ref == "auto":
         from bench.references import ensure_reference
@@ -157,7 +170,8 @@ def default_metrics(cell: dict[str, Any], shards: list[Path]) -> dict[str, Any]:
                            "`bench stats` and set datasets.<name>.reference")
     evaluator = StreamingEvaluator(settings, AssetFolder(), read_reference(ref) if ref else None)
     batches = (b for p in shards for b in iter_npz(p, settings.batch))
-    return evaluator.run(batches, progress=False)
+    from bench.metrics.bootstrap import run_with_bootstrap
+    return run_with_bootstrap(evaluator, batches, resamples)
 
 
 def _asset_error(msg: str) -> BaseException:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bench.checkpoint import trust_checkpoints
-from bench.launch.phases import evaluate_phase, sample_phase, train_phase
+from bench.launch.phases import evaluate_phase, sample_phase, train_with_points
 from bench.launch.planning import PlannedCell, is_finished, prepare
 from bench.method import ConfigError
 from bench.store import RunFolder, now
@@ -70,7 +70,8 @@ class TrainJob(_checkpointable_base()):  # type: ignore[misc]
         def work() -> None:
             try:
                 with trust_checkpoints(self.trust):   # set in this thread: context variables do not cross threads
-                    self._box["result"] = train_phase(run_dir, progress=False)
+                    # slices at the eval_every points keep their checkpoints for the evaluation job
+                    self._box["result"] = train_with_points(run_dir, progress=False)
             except BaseException as err:  # noqa: BLE001 - re-raised in the main thread
                 self._box["error"] = err
 
