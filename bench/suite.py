@@ -26,6 +26,7 @@ from bench.method import ConfigError, get_method_class, load_all, resolve_method
 EXECUTION_ONLY = ("progress", "workers", "device", "loggers", "preview_images", "preview_grid", "preview_steps",
                   "bucket_mb")   # how a run executes, not what it trains: toggling them keeps the cell id
 EXECUTORS = ("local", "slurm")
+BASELINES = ("gaussian", "untrained")    # rows a method must beat (built and evaluated by bench.baselines)
 
 
 class Strict(BaseModel):
@@ -186,7 +187,6 @@ class Suite(Strict):
             raise ValueError("needs at least one method")
         if not self.seeds:
             raise ValueError("needs at least one seed")
-        from bench.baselines import BASELINES
         bad = [b for b in self.baselines if b not in BASELINES]
         if bad:
             raise ValueError(f"baselines: unknown {bad}; allowed: {', '.join(BASELINES)}")
