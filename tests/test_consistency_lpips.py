@@ -229,6 +229,10 @@ def test_lpips_is_counted_in_the_training_flops(lpips_assets):
     assert per["lpips"][1] > 2 * per["l2"][1]            # even at 64 px LPIPS outweighs this tiny UNet
     # at the official 224 px one LPIPS pass is 12.25× the 64 px one
     assert _vgg_lpips_flops(224) / _vgg_lpips_flops(64) == pytest.approx((224 / 64) ** 2, rel=1e-3)
+    # the planner (meta device, no weights read) counts the same as the trainer
+    from bench.flops import stage_costs
+    planned = [c.flops_per_example for c in stage_costs("cd", "cpu-tiny", {**common, "metric": "lpips"})]
+    assert planned == list(per["lpips"])
 
 
 # ---- learning ------------------------------------------------------------------------------------

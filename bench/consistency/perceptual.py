@@ -18,6 +18,7 @@ frozen and lives outside ``Method.modules()``: not optimised, not in the EMA, no
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import tempfile
 import warnings
@@ -146,7 +147,10 @@ class LPIPSDistance:
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         self.net.to(a.device)          # no-op once there
         # float32 outside any autocast: the official UNet returns float32 and piq casts LPIPS to its input
-        with torch.autocast(a.device.type, enabled=False):
+        # (the meta device of FLOP planning has no autocast to leave)
+        off = torch.autocast(a.device.type, enabled=False) if a.device.type in ("cpu", "cuda") else \
+            contextlib.nullcontext()
+        with off:
             a, b = (lpips_inputs(x.float(), self.resize) for x in (a, b))
             return self.net(a, b).reshape(a.shape[0])
 
