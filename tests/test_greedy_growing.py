@@ -131,7 +131,10 @@ def test_config_errors_are_one_line():
         build_method("greedy", "cpu-tiny", {"low_resolution": 32, "patch": 8, "encoder_widths": (32, 64, 64)})
     for preset in GreedyGrowing.presets:      # paper presets validate (networks not built: too large for CI)
         cfg = GreedyConfig(**GreedyGrowing.presets[preset])
-        assert cfg.core_grid == (8 if preset.startswith("cpu") else 16)
+        # core tokens per side = the core resolution over the patch size (paper: 16; CPU presets: 8, the
+        # 16-px demo's 8-px core: 4)
+        assert cfg.core_grid == cfg.low_resolution // cfg.patch
+        assert cfg.core_grid == ({"cpu-demo": 4}.get(preset, 8) if preset.startswith("cpu") else 16)
 
 
 def test_schedule_shift_changes_with_growth():
